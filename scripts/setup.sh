@@ -35,8 +35,15 @@ install_packages() {
 	done
 	[ ${#missing[@]} -eq 0 ] && return 0
 	say "installing ${missing[*]}"
-	$SUDO apt-get update -qq
-	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	local log
+	log=$(mktemp)
+	if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		die "apt-get could not install ${missing[*]}"
+	fi
+	rm -f "$log"
 }
 
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
