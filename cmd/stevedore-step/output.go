@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"stevedore/internal/steplog"
+)
+
+const (
+	// maskText replaces every sensitive value in the log.
+	maskText = "********"
+	// readSize is how much of a pipe is read at once: a pipe's capacity.
+	readSize = 64 << 10
+	// maxServiceLine is how long a stdout line that holds a service message
+	// may grow before it is cut into records: longer than steplog.MaxData,
+	// so that a large sensitive value (a certificate, say) is not cut into
+	// pieces and written to the log, but still bounded.
+	maxServiceLine = 1 << 20
+	// maxMessage bounds a progress or failStep message (Result.Message).
+	maxMessage = 8 << 10
+)
+
+// output turns the script's stdout and stderr into output.log records. One
+// output, with one Writer, serves both pipes, so that sequence numbers
+// follow the order in which lines arrived and a mask added on stdout applies
+// to stderr at once; its mutex also orders the runner's own lines (from the
+// signal handler) among the script's.
+type output struct {
+	mu      sync.Mutex
+	w       *steplog.Writer
+	masks   masker
+	stepKey []byte    // seals sensitive output variables; may be empty
+	workDir string    // relative artifact paths are relative to it
+	now     time.Time // the time of the records being written
+
+	failMessage string // the last failStep's message
+	failed      bool   // a failStep was seen
+	err         error  // the first error writing output.log; later records are dropped
+	closed      bool   // finish was called: nothing more is written
+}
+
+func newOutput(w io.Writer, firstSeq uint64) *output {
+	return &output{w: steplog.NewWriter(w, firstSeq)}
+}
+
+// append writes one stdout or stderr record (masked) or an event. The caller
+// holds o.mu.
+func (o *output) append(kind steplog.Kind, partial bool, data []byte) {
+	if o.err != nil || o.closed {
+		return
+	}
+	if kind != steplog.KindEvent {
+		data = o.masks.apply(data)
+	}
+	if _, err := o.w.Append(kind, partial, o.now, data); err != nil {
+		o.err = err
+	}
+}
+
+// flush makes the records written so far visible to a reader of the file.
+// The caller holds o.mu.
+func (o *output) flush() {
+	if o.err != nil || o.closed {
+		return
+	}
+	if err := o.w.Flush(); err != nil {
+		o.err = err
+	}
+}
+
+// runnerLine writes a message of the runner itself as a stderr record: the
+// step's log is where its user looks.
+func (o *output) runnerLine(format string, args ...any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.now = time.Now()
+	o.runnerLineLocked(format, args...)
+	o.flush()
+}
+
+func (o *output) runnerLineLocked(format string, args ...any) {
+	o.append(steplog.KindStderr, false, []byte("stevedore-step: "+fmt.Sprintf(format, args...)))
+}
+
+// event records what a service message asked for. The caller holds o.mu.
+func (o *output) event(ev steplog.Event) {
+	switch ev.Type {
+	case evSetVariable:
+		if !o.setVariable(&ev) {
+			return
+		}
+	case evCreateArtifact:
+		if !filepath.IsAbs(ev.Path) {
+			ev.Path = filepath.Join(o.workDir, ev.Path)
+		}
+		ev.Path = filepath.Clean(ev.Path)
+		if ev.Name == "" {
+			ev.Name = filepath.Base(ev.Path)
+		}
+	case evMask:
+		o.masks.add(ev.Value)
+		ev.Value = "" // the event records that a mask was added, never what
+	case evProgress:
+		ev.Message = truncate(o.masks.applyString(ev.Message), maxMessage)
+	case evFailStep:
+		ev.Message = truncate(o.masks.applyString(ev.Message), maxMessage)
+		o.failMessage, o.failed = ev.Message, true
+	}
+	data, err := json.Marshal(ev)
+	if err != nil { // cannot happen: the event holds strings and numbers
+		o.runnerLineLocked("cannot record a %s event: %v", ev.Type, err)
+		return
+	}
+	if len(data) > steplog.MaxData {
+		// An event is always one record, so that a reader never has to
+		// join pieces of JSON.
+		o.runnerLineLocked("the %s event %q was not recorded: %d bytes, at most %d", ev.Type, ev.Name, len(data), steplog.MaxData)
+		return
+	}
+	o.append(steplog.KindEvent, false, data)
+}
+
+// setVariable seals a sensitive value (and masks it from now on), and
+// reports whether the event is to be recorded. A value that is not declared
+// sensitive but holds a masked value is sealed too: output.log must not hold
+// a secret in any form.
+func (o *output) setVariable(ev *steplog.Event) bool {
+	if ev.Sensitive {
+		o.masks.add(ev.Value)
+	} else if o.masks.containedIn(ev.Value) {
+		if len(o.stepKey) == 0 {
+			ev.Value = o.masks.applyString(ev.Value)
+			o.runnerLineLocked("output variable %q holds a sensitive value: it was masked", ev.Name)
+			return true
+		}
+		ev.Sensitive = true
+		o.runnerLineLocked("output variable %q holds a sensitive value: it was recorded as sensitive", ev.Name)
+	}
+	if !ev.Sensitive {
+		return true
+	}
+	if len(o.stepKey) == 0 {
+		o.runnerLineLocked("sensitive output variable %q was not recorded: the runner was given no step key", ev.Name)
+		return false
+	}
+	sealed, err := steplog.SealValue(o.stepKey, ev.Value)
+	if err != nil {
+		o.runnerLineLocked("sensitive output variable %q was not recorded: %v", ev.Name, err)
+		return false
+	}
+	ev.Value = sealed
+	return true
+}
+
+// finish flushes the records and syncs the file: result.json, written next,
+// tells the agent that every record is in output.log.
+func (o *output) finish(f *os.File) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flush()
+	o.closed = true
+	if o.err != nil {
+		return o.err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// stream cuts one pipe's bytes into lines.
+type stream struct {
+	o    *output
+	kind steplog.Kind // KindStdout or KindStderr
+	// pending is the start of a line whose '\n' has not arrived yet.
+	pending []byte
+	// cont: pending continues a line already cut into Partial records.
+	cont bool
+}
+
+// chunk logs a chunk read from the pipe, and flushes: a reader of
+// output.log sees the lines within milliseconds, but there is no flush per
+// line when a chunk holds many.
+func (s *stream) chunk(data []byte) {
+	s.o.mu.Lock()
+	defer s.o.mu.Unlock()
+	s.o.now = time.Now() // under the lock: times never go back as sequences go up
+	s.feed(data)
+	s.o.flush()
+}
+
+// close ends the stream at the pipe's end (or when the runner stops reading).
+func (s *stream) close() {
+	s.o.mu.Lock()
+	defer s.o.mu.Unlock()
+	s.o.now = time.Now()
+	s.end()
+	s.o.flush()
+}
+
+// feed processes a chunk read from the pipe. The caller holds s.o.mu.
+func (s *stream) feed(chunk []byte) {
+	for len(chunk) > 0 {
+		i := bytes.IndexByte(chunk, '\n')
+		if i < 0 {
+			s.add(chunk)
+			return
+		}
+		line := chunk[:i]
+		chunk = chunk[i+1:]
+		if len(s.pending) == 0 && !s.cont {
+			s.line(line, false) // the common case: no copy
+			continue
+		}
+		s.add(line)
+		s.line(s.pending, s.cont)
+		s.pending, s.cont = s.pending[:0], false
+	}
+}
+
+// add appends b to the pending line. A line that outgrows steplog.MaxData
+// (maxServiceLine for what may be a service message) is written as Partial
+// pieces as it goes, so the memory a line takes stays bounded.
+func (s *stream) add(b []byte) {
+	for len(b) > 0 {
+		limit := steplog.MaxData
+		if len(s.pending) >= steplog.MaxData {
+			if len(s.pending) >= maxServiceLine || !s.mayBeService(s.pending) {
+				s.o.append(s.kind, true, s.pending)
+				s.pending, s.cont = s.pending[:0], true
+				continue
+			}
+			limit = maxServiceLine
+		}
+		n := min(limit-len(s.pending), len(b))
+		s.pending = append(s.pending, b[:n]...)
+		b = b[n:]
+	}
+}
+
+// end writes what is left of a line at the end of the pipe: output that did
+// not end with a newline. The caller holds s.o.mu.
+func (s *stream) end() {
+	if len(s.pending) > 0 {
+		// The end of the output ends a service message as well as a '\n'.
+		if !s.service(s.pending, s.cont) {
+			s.o.append(s.kind, true, s.pending)
+		}
+	}
+	s.pending, s.cont = nil, false
+}
+
+// line handles one complete line, without its '\n'.
+func (s *stream) line(data []byte, cont bool) {
+	if !s.service(data, cont) {
+		s.o.append(s.kind, false, data)
+	}
+}
+
+func (s *stream) mayBeService(data []byte) bool {
+	return s.kind == steplog.KindStdout && !s.cont && indexServicePrefix(data) >= 0
+}
+
+// service handles a stdout line that ends with a service message, and
+// reports whether it did. Text before the message (output that did not end
+// with a newline before a helper was called) is kept as a Partial record.
+func (s *stream) service(data []byte, cont bool) bool {
+	if s.kind != steplog.KindStdout || cont {
+		return false
+	}
+	for i := indexServicePrefix(data); i >= 0; {
+		if ev, ok := parseServiceMessage(data[i:]); ok {
+			if i > 0 {
+				s.o.append(s.kind, true, data[:i])
+			}
+			s.o.event(ev)
+			return true
+		}
+		next := indexServicePrefix(data[i+2:])
+		if next < 0 {
+			break
+		}
+		i += 2 + next
+	}
+	return false
+}
+
+// masker replaces sensitive values with maskText.
+type masker struct {
+	vals [][]byte // longest first, so that a value that holds another is masked whole
+	seen map[string]bool
+}
+
+// add masks v from now on; and each line of a value of several lines, which
+// would appear one line per record.
+func (m *masker) add(v string) {
+	m.addOne(v)
+	if strings.Contains(v, "\n") {
+		for _, line := range strings.Split(v, "\n") {
+			line = strings.TrimSuffix(line, "\r")
+			if strings.TrimSpace(line) != "" {
+				m.addOne(line)
+			}
+		}
+	}
+}
+
+func (m *masker) addOne(v string) {
+	if v == "" || m.seen[v] {
+		return
+	}
+	if m.seen == nil {
+		m.seen = make(map[string]bool)
+	}
+	m.seen[v] = true
+	m.vals = append(m.vals, []byte(v))
+	slices.SortStableFunc(m.vals, func(a, b []byte) int { return len(b) - len(a) })
+}
+
+// apply returns b with every value masked. b itself is never modified (it
+// may be the read buffer); a new slice is returned when something matched.
+func (m *masker) apply(b []byte) []byte {
+	for _, v := range m.vals {
+		if bytes.Contains(b, v) {
+			b = bytes.ReplaceAll(b, v, []byte(maskText))
+		}
+	}
+	return b
+}
+
+func (m *masker) applyString(s string) string {
+	for _, v := range m.vals {
+		s = strings.ReplaceAll(s, string(v), maskText)
+	}
+	return s
+}
+
+// containedIn reports whether s holds a masked value.
+func (m *masker) containedIn(s string) bool {
+	for _, v := range m.vals {
+		if strings.Contains(s, string(v)) {
+			return true
+		}
+	}
+	return false
+}
+
+// truncate cuts s to at most n bytes, on a UTF-8 character's boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
