@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-var thumbprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var thumbprintLine = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func TestLoadOrCreateIdentityIsStable(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
@@ -21,7 +21,7 @@ func TestLoadOrCreateIdentityIsStable(t *testing.T) {
 	if !created {
 		t.Error("first call: created = false, want true")
 	}
-	if !thumbprintRE.MatchString(first.Thumbprint) {
+	if !thumbprintLine.MatchString(first.Thumbprint) {
 		t.Errorf("thumbprint %q is not 64 lowercase hex characters", first.Thumbprint)
 	}
 	again, created, err := LoadOrCreateIdentity(dir)
