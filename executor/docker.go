@@ -1,0 +1,300 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/hashicorp/go-hclog"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Labels on every container the agent makes; reaping and reattaching find
+// containers by them.
+const (
+	LabelManaged = "io.stevedore.managed"
+	LabelTicket  = "io.stevedore.ticket"
+	LabelAgent   = "io.stevedore.agent"
+)
+
+// BundleMountPath is where the tool bundle appears inside step containers.
+const BundleMountPath = "/opt/stevedore/bundle"
+
+// DockerAPI is the part of the Docker client the executor uses.
+type DockerAPI interface {
+	ProbeAPI
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net any, platform *ocispec.Platform, name string) (container.CreateResponse, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	ContainerAttach(ctx context.Context, id string, opts container.AttachOptions) (hijacked, error)
+	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
+	ContainerWait(ctx context.Context, id string, cond container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
+	ContainerKill(ctx context.Context, id, signal string) error
+	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
+	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+}
+
+// hijacked is the write side of an attached container's standard input.
+type hijacked interface {
+	io.Writer
+	CloseWrite() error
+	Close()
+}
+
+// Docker runs steps in containers of their images.
+type Docker struct {
+	api    DockerAPI
+	bundle *Bundle
+	// agentID is this agent's label value and container-name prefix, so two
+	// agents on one engine never touch each other's containers.
+	agentID string
+	probes  *ProbeCache
+	log     hclog.Logger
+}
+
+// NewDocker returns a Docker executor over the client cli.
+func NewDocker(cli *client.Client, bundle *Bundle, agentID string, probes *ProbeCache, log hclog.Logger) *Docker {
+	return &Docker{api: clientAdapter{cli}, bundle: bundle, agentID: agentID, probes: probes, log: log.Named("docker")}
+}
+
+// ContainerName is the step's container name on the engine.
+func (d *Docker) ContainerName(ticket string) string {
+	return "stevedore-" + shortID(d.agentID) + "-" + ticket
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Prepare implements Executor.
+func (d *Docker) Prepare(ctx context.Context, spec *Spec, logf LogFunc) error {
+	c := spec.Container
+	name := d.ContainerName(spec.Ticket)
+	log := d.log.With("ticket", spec.Ticket, "image_ref", c.Image)
+	if existing, err := d.api.ContainerInspect(ctx, name); err == nil {
+		// Prepared by an earlier call: only the verdict and permissions may be missing.
+		return d.admit(ctx, spec, existing, logf)
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("%w: inspect %s: %w", ErrEngine, name, err)
+	}
+	if err := d.ensureImage(ctx, c, logf); err != nil {
+		return err
+	}
+	labels := map[string]string{LabelManaged: "true", LabelTicket: spec.Ticket, LabelAgent: d.agentID}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	init := true
+	cfg := &container.Config{
+		Image: c.Image,
+		// The image's ENTRYPOINT and CMD never run: the bundle's runner does.
+		Entrypoint: []string{BundleMountPath + "/" + d.bundle.Manifest.Entrypoint, "run", spec.StepDir},
+		Cmd:        []string{},
+		WorkingDir: spec.StepDir + "/work",
+		Labels:     labels,
+		// Secrets arrive on stdin, never in the container's configuration.
+		OpenStdin: true, StdinOnce: true, AttachStdin: true,
+	}
+	host := &container.HostConfig{
+		Init: &init,
+		Binds: []string{
+			d.bundle.Dir + ":" + BundleMountPath + ":ro",
+			spec.StepDir + ":" + spec.StepDir + ":rw",
+		},
+		Resources: container.Resources{Memory: c.MemoryBytes, NanoCPUs: c.NanoCPUs},
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "1m", "max-file": "1"}},
+	}
+	if c.PidsLimit > 0 {
+		host.Resources.PidsLimit = &c.PidsLimit
+	}
+	var platform *ocispec.Platform
+	if c.Platform != "" {
+		p, err := parsePlatform(c.Platform)
+		if err != nil {
+			return err
+		}
+		platform = &p
+	}
+	created, err := d.api.ContainerCreate(ctx, cfg, host, nil, platform, name)
+	if err != nil {
+		return fmt.Errorf("%w: create container for %s: %w", ErrEngine, c.Image, err)
+	}
+	log.Debug("created container", "container_id", created.ID)
+	inspect, err := d.api.ContainerInspect(ctx, created.ID)
+	if err != nil {
+		return fmt.Errorf("%w: inspect %s: %w", ErrEngine, created.ID, err)
+	}
+	return d.admit(ctx, spec, inspect, logf)
+}
+
+// admit probes the created container and hands the step directory to the
+// image's user.
+func (d *Docker) admit(ctx context.Context, spec *Spec, c container.InspectResponse, logf LogFunc) error {
+	imageID := c.Image
+	verdict, ok := d.probes.Get(imageID)
+	if !ok {
+		var err error
+		verdict, err = Probe(ctx, d.api, c.ID, d.bundle.Manifest.Requires)
+		if err != nil {
+			return fmt.Errorf("%w: probe %s: %w", ErrEngine, spec.Container.Image, err)
+		}
+		d.probes.Put(imageID, verdict)
+	}
+	if err := verdict.Check(spec.Container.Image, d.bundle.Manifest.Requires); err != nil {
+		return err
+	}
+	logf("image %s (%s): %s %s, loader %s: can run the step runner", spec.Container.Image, shortImageID(imageID), verdict.Libc, verdict.GlibcVersion, verdict.Loader)
+	uid, gid, err := resolveUser(ctx, d.api, c.ID, c.Config.User)
+	if err != nil {
+		return err
+	}
+	return chownTree(spec.StepDir, uid, gid)
+}
+
+func shortImageID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Start implements Executor.
+func (d *Docker) Start(ctx context.Context, spec *Spec, stdin []byte) error {
+	name := d.ContainerName(spec.Ticket)
+	// Attach before start, so no byte of stdin can be missed.
+	att, err := d.api.ContainerAttach(ctx, name, container.AttachOptions{Stream: true, Stdin: true})
+	if err != nil {
+		return fmt.Errorf("%w: attach %s: %w", ErrEngine, name, err)
+	}
+	defer att.Close()
+	if err := d.api.ContainerStart(ctx, name, container.StartOptions{}); err != nil {
+		return fmt.Errorf("%w: start %s: %w", ErrEngine, name, err)
+	}
+	if _, err := att.Write(stdin); err != nil {
+		return fmt.Errorf("%w: write the secrets to %s: %w", ErrEngine, name, err)
+	}
+	if err := att.CloseWrite(); err != nil {
+		return fmt.Errorf("%w: close stdin of %s: %w", ErrEngine, name, err)
+	}
+	return nil
+}
+
+// Wait implements Executor.
+func (d *Docker) Wait(ctx context.Context, spec *Spec) (Exit, error) {
+	name := d.ContainerName(spec.Ticket)
+	statusCh, errCh := d.api.ContainerWait(ctx, name, container.WaitConditionNotRunning)
+	var code int64
+	select {
+	case st := <-statusCh:
+		code = st.StatusCode
+	case err := <-errCh:
+		return Exit{Code: -1}, fmt.Errorf("%w: wait for %s: %w", ErrEngine, name, err)
+	}
+	exit := Exit{Code: int(code)}
+	if c, err := d.api.ContainerInspect(ctx, name); err == nil && c.State != nil {
+		exit.OOMKilled = c.State.OOMKilled
+	}
+	if code > 128 && code < 128+65 {
+		exit.Signal = signalName(syscall.Signal(code - 128))
+	}
+	exit.Detail = d.logTail(ctx, name)
+	return exit, nil
+}
+
+// logTail returns the last lines the runner itself printed (not the
+// script's output, which is in output.log): evidence when it died.
+func (d *Docker) logTail(ctx context.Context, name string) string {
+	rc, err := d.api.ContainerLogs(ctx, name, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: "20"})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var b strings.Builder
+	_, _ = stdcopy.StdCopy(&b, &b, io.LimitReader(rc, 64<<10))
+	return strings.TrimSpace(b.String())
+}
+
+// Signal implements Executor.
+func (d *Docker) Signal(ctx context.Context, spec *Spec, sig syscall.Signal) error {
+	name := d.ContainerName(spec.Ticket)
+	err := d.api.ContainerKill(ctx, name, strings.TrimPrefix(signalName(sig), "SIG"))
+	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) {
+		return nil // gone or not running: nothing to signal
+	}
+	return fmt.Errorf("%w: signal %s: %w", ErrEngine, name, err)
+}
+
+// Remove implements Executor.
+func (d *Docker) Remove(ctx context.Context, spec *Spec) error {
+	name := d.ContainerName(spec.Ticket)
+	err := d.api.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err == nil || errdefs.IsNotFound(err) {
+		return nil
+	}
+	if errdefs.IsConflict(err) { // removal already in progress
+		return nil
+	}
+	return fmt.Errorf("%w: remove %s: %w", ErrEngine, name, err)
+}
+
+func parsePlatform(s string) (ocispec.Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return ocispec.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]", s)
+	}
+	p := ocispec.Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+func signalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	}
+	return fmt.Sprintf("SIG%d", int(s))
+}
+
+// clientAdapter narrows *client.Client to DockerAPI (its ContainerCreate and
+// ContainerAttach have concrete types the interface abstracts).
+type clientAdapter struct{ *client.Client }
+
+func (a clientAdapter) ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, _ any, platform *ocispec.Platform, name string) (container.CreateResponse, error) {
+	return a.Client.ContainerCreate(ctx, cfg, host, nil, platform, name)
+}
+
+func (a clientAdapter) ContainerAttach(ctx context.Context, id string, opts container.AttachOptions) (hijacked, error) {
+	resp, err := a.Client.ContainerAttach(ctx, id, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &hijackedConn{resp}, nil
+}
+
+// hijackedConn writes to the attached stream's connection.
+type hijackedConn struct{ types.HijackedResponse }
+
+func (h *hijackedConn) Write(p []byte) (int, error) { return h.Conn.Write(p) }

@@ -1,0 +1,225 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Files of the host executor in a step directory.
+const (
+	hostPIDFile = "runner.pid"
+	hostLogFile = "runner.log" // the runner's own diagnostics, not the script's output
+)
+
+// Host runs steps directly on the worker: the runner is started as a
+// detached process in a session of its own, so it outlives the agent and a
+// signal to the agent's process group never reaches it.
+type Host struct {
+	bundle *Bundle
+	log    hclog.Logger
+
+	mu    sync.Mutex
+	procs map[string]*hostProc
+}
+
+type hostProc struct {
+	pid  int
+	done chan struct{}
+	exit Exit
+}
+
+// NewHost returns a host executor that starts the bundle's runner.
+func NewHost(bundle *Bundle, log hclog.Logger) *Host {
+	return &Host{bundle: bundle, log: log.Named("host"), procs: map[string]*hostProc{}}
+}
+
+// Prepare implements Executor. Nothing to prepare on the host.
+func (h *Host) Prepare(context.Context, *Spec, LogFunc) error { return nil }
+
+// Start implements Executor.
+func (h *Host) Start(_ context.Context, spec *Spec, stdin []byte) error {
+	logf, err := os.OpenFile(filepath.Join(spec.StepDir, hostLogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("runner log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(h.bundle.RunnerPath(), "run", spec.StepDir)
+	cmd.Dir = filepath.Join(spec.StepDir, "work")
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = runnerEnv(os.Environ())
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start runner: %w", err)
+	}
+	p := &hostProc{pid: cmd.Process.Pid, done: make(chan struct{})}
+	if err := os.WriteFile(filepath.Join(spec.StepDir, hostPIDFile), []byte(strconv.Itoa(p.pid)+"\n"), 0o600); err != nil {
+		h.log.Warn("could not record the runner's pid", "ticket", spec.Ticket, "error", err)
+	}
+	h.mu.Lock()
+	h.procs[spec.Ticket] = p
+	h.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		p.exit = exitFromWait(cmd.ProcessState, err)
+		close(p.done)
+	}()
+	return nil
+}
+
+func exitFromWait(st *os.ProcessState, err error) Exit {
+	if st == nil {
+		return Exit{Code: -1, Detail: fmt.Sprint(err)}
+	}
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if ok && ws.Signaled() {
+		return Exit{Code: 128 + int(ws.Signal()), Signal: signalName(ws.Signal())}
+	}
+	return Exit{Code: st.ExitCode()}
+}
+
+// Wait implements Executor. A runner this process did not start (an
+// earlier agent's) is watched through its pid until it is gone.
+func (h *Host) Wait(ctx context.Context, spec *Spec) (Exit, error) {
+	h.mu.Lock()
+	p := h.procs[spec.Ticket]
+	h.mu.Unlock()
+	if p != nil {
+		select {
+		case <-p.done:
+			return p.exit, nil
+		case <-ctx.Done():
+			return Exit{Code: -1}, ctx.Err()
+		}
+	}
+	pid, err := h.pid(spec)
+	if err != nil {
+		return Exit{Code: -1}, err
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for alive(pid) {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return Exit{Code: -1}, ctx.Err()
+		}
+	}
+	// Not our child: its status went to init; result.json tells the rest.
+	return Exit{Code: -1}, nil
+}
+
+// Signal implements Executor.
+func (h *Host) Signal(_ context.Context, spec *Spec, sig syscall.Signal) error {
+	pid, err := h.pid(spec)
+	if err != nil {
+		return nil // never started: nothing to signal
+	}
+	if sig == syscall.SIGKILL {
+		killSession(pid)
+		return nil
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal runner %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Remove implements Executor: whatever still runs in the step's session is killed.
+func (h *Host) Remove(ctx context.Context, spec *Spec) error {
+	if pid, err := h.pid(spec); err == nil && alive(pid) {
+		killSession(pid)
+		wctx, cancel := context.WithTimeout(ctx, killGrace)
+		defer cancel()
+		_, _ = h.Wait(wctx, spec)
+	}
+	h.mu.Lock()
+	delete(h.procs, spec.Ticket)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *Host) pid(spec *Spec) (int, error) {
+	h.mu.Lock()
+	p := h.procs[spec.Ticket]
+	h.mu.Unlock()
+	if p != nil {
+		return p.pid, nil
+	}
+	b, err := os.ReadFile(filepath.Join(spec.StepDir, hostPIDFile))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// killSession SIGKILLs every process in session sid: the runner, the
+// script, and whatever they started in their own process groups. A process
+// that called setsid itself has left, as with any session-based supervisor.
+func killSession(sid int) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if s, ok := sessionOf(pid); ok && s == sid {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// sessionOf reads the session id, field 6 of /proc/PID/stat.
+func sessionOf(pid int) (int, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces; fields resume after its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 4 {
+		return 0, false
+	}
+	sid, err := strconv.Atoi(f[3])
+	return sid, err == nil
+}
+
+// agentOnlyEnv are the agent's own settings that a step's script must never
+// see: the master key, registry passwords, the engine's TLS material.
+var agentOnlyEnv = map[string]bool{
+	"MASTER_KEY": true, "STEVEDORE_REGISTRY_PASSWORD": true, "STEVEDORE_PASSWORD": true,
+	"DOCKER_CERT_PATH": true, "DOCKER_TLS_VERIFY": true, "ADMIN_PASSWORD": true,
+}
+
+// runnerEnv is the agent's environment without agentOnlyEnv.
+func runnerEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !agentOnlyEnv[k] {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
