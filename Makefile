@@ -9,7 +9,7 @@ LDFLAGS := -X stevedore/internal/version.Version=$(VERSION)
 # go test flags; e.g. `make test TESTFLAGS=-v` or `TESTFLAGS='-run Pull'`.
 TESTFLAGS ?=
 
-.PHONY: all setup build proto proto-check vet fmt-check test demo clean
+.PHONY: all setup build proto proto-check vet fmt-check test demo bench clean
 
 all: build
 
@@ -17,10 +17,13 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-## build: the stevedore binary and the step runner
+## build: the stevedore binary (static) and the tool bundle beside it, $(BIN)/bundle:
+## the step runner, a dynamically linked glibc executable (cgo, external linking;
+## needs gcc), and bundle.json, derived from the runner's ELF by stevedore itself
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/stevedore ./cmd/stevedore
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/stevedore-step ./cmd/stevedore-step
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/stevedore ./cmd/stevedore
+	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS) -linkmode external' -o $(BIN)/bundle/stevedore-step ./cmd/stevedore-step
+	$(BIN)/stevedore bundle manifest $(BIN)/bundle
 
 ## proto: regenerate the wire contract's Go code
 proto:
@@ -40,10 +43,13 @@ fmt-check:
 test: setup vet fmt-check proto-check
 	$(GO) test -count=1 -timeout 30m $(TESTFLAGS) ./...
 
-## demo: set-up, an agent on loopback and a real step in a container
+## demo: set-up, an agent on loopback and a real step in a container, its log and exit code
 demo: setup build
-	@echo "demo: the set-up is done and the binaries are in $(BIN)/; the end-to-end step comes with the listening agent."
-	@$(BIN)/stevedore version
+	@bash scripts/demo.sh
+
+## bench: stevedore run against docker run on the same steps, as ratios
+bench: setup build
+	@bash scripts/bench.sh
 
 clean:
 	rm -rf $(BIN)

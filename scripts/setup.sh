@@ -25,6 +25,7 @@ PACKAGES=(
 	busybox-static    # the static userland of the musl and static fixtures
 	apache2-utils     # htpasswd (bcrypt) for the registry
 	protobuf-compiler libprotobuf-dev # make proto (protoc and the well-known types)
+	gcc libc6-dev      # the step runner is a dynamically linked glibc executable (cgo)
 	curl ca-certificates openssl iptables
 )
 

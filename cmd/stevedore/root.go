@@ -17,7 +17,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newCertCommand())
+	root.AddCommand(newVersionCommand(), newCertCommand(), newAgentCommand(), newRunCommand(), newBundleCommand())
 	return root
 }
 

@@ -1,0 +1,480 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"stevedore/agent"
+	"stevedore/executor"
+	"stevedore/internal/testenv"
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// withImages makes sure the engine has the fixtures a test uses.
+func withImages(t *testing.T, refs ...string) *client.Client {
+	t.Helper()
+	cli, _ := testenv.Docker(t)
+	for _, ref := range refs {
+		testenv.Image(t, cli, ref)
+	}
+	return cli
+}
+
+// managedContainers lists the containers this agent made.
+func managedContainers(t *testing.T, cli *client.Client, ta *testAgent) []container.Summary {
+	t.Helper()
+	list, err := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", executor.LabelManaged+"=true"), filters.Arg("label", executor.LabelAgent+"="+ta.id.Thumbprint))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func assertClean(t *testing.T, cli *client.Client, ta *testAgent, tickets ...string) {
+	t.Helper()
+	if left := managedContainers(t, cli, ta); len(left) > 0 {
+		t.Errorf("%d managed containers left behind, e.g. %v", len(left), left[0].Names)
+	}
+	for _, tk := range tickets {
+		if _, err := os.Stat(filepath.Join(ta.stateDir, "steps", tk)); err == nil {
+			t.Errorf("workspace of %s left behind", tk)
+		}
+	}
+}
+
+func TestContainerExitCodesAndStreams(t *testing.T) {
+	cli := withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	tests := []struct {
+		name       string
+		script     string
+		wantCode   int
+		wantOut    []string
+		wantErr    []string
+		wantResult pb.Outcome
+	}{
+		{"exit 0", "echo hello; echo oops >&2", 0, []string{"hello"}, []string{"oops"}, pb.Outcome_OUTCOME_SUCCEEDED},
+		{"exit 42", "echo before; echo to-stderr >&2; exit 42", 42, []string{"before"}, []string{"to-stderr"}, pb.Outcome_OUTCOME_FAILED},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tk := ticket(t)
+			run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash(tt.script), Execution: inContainer(testenv.Bookworm)})
+			if got := exitCode(run.final); got != tt.wantCode || run.final.GetOutcome() != tt.wantResult {
+				t.Fatalf("exit %d outcome %v (%s), want %d %v; log %q", got, run.final.GetOutcome(), run.final.GetReason(), tt.wantCode, tt.wantResult, run.agent)
+			}
+			if fmt.Sprint(run.stdout) != fmt.Sprint(tt.wantOut) || fmt.Sprint(run.stderr) != fmt.Sprint(tt.wantErr) {
+				t.Errorf("stdout %q stderr %q, want %q %q", run.stdout, run.stderr, tt.wantOut, tt.wantErr)
+			}
+			ta.complete(t, tk)
+			assertClean(t, cli, ta, tk)
+		})
+	}
+}
+
+func TestHundredThousandLinesInOrder(t *testing.T) {
+	withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	const n = 100000
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash(fmt.Sprintf("seq 1 %d", n)), Execution: inContainer(testenv.Bookworm)})
+	if len(run.stdout) != n {
+		t.Fatalf("%d lines, want %d", len(run.stdout), n)
+	}
+	for i, l := range run.stdout {
+		if l != strconv.Itoa(i+1) {
+			t.Fatalf("line %d is %q", i+1, l)
+		}
+	}
+	ta.complete(t, tk)
+}
+
+func TestNonRootImageWithFailingEntrypoint(t *testing.T) {
+	withImages(t, testenv.NonRoot)
+	ta := startAgent(t)
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: inContainer(testenv.NonRoot),
+		Script: bash(`id -un; echo data > written.txt && cat written.txt; mkdir sub && touch sub/f && echo ok`)})
+	if exitCode(run.final) != 0 {
+		t.Fatalf("exit %d (%s); stderr %q agent %q", exitCode(run.final), run.final.GetReason(), run.stderr, run.agent)
+	}
+	if want := []string{"app", "data", "ok"}; fmt.Sprint(run.stdout) != fmt.Sprint(want) {
+		t.Errorf("stdout %q, want %q (the entrypoint exits 97 if it runs)", run.stdout, want)
+	}
+	ta.complete(t, tk)
+}
+
+func TestRejectedImages(t *testing.T) {
+	cli := withImages(t, testenv.Musl, testenv.Static)
+	ta := startAgent(t)
+	tests := []struct {
+		image string
+		want  []string
+	}{
+		{testenv.Musl, []string{"musl", "/lib/ld-musl-", "glibc"}},
+		{testenv.Static, []string{"no dynamic loader", "glibc"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.image, func(t *testing.T) {
+			tk := ticket(t)
+			// The script would leave a mark if anything of it ran.
+			run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("echo RAN"), Execution: inContainer(tt.image)})
+			if run.final.GetOutcome() != pb.Outcome_OUTCOME_IMAGE_REJECTED {
+				t.Fatalf("outcome %v (%s), want IMAGE_REJECTED", run.final.GetOutcome(), run.final.GetReason())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(run.final.GetReason(), w) {
+					t.Errorf("reason %q does not mention %q", run.final.GetReason(), w)
+				}
+			}
+			if len(run.stdout) != 0 || run.final.ExitCode != nil {
+				t.Errorf("something ran: stdout %q exit %v", run.stdout, run.final.ExitCode)
+			}
+			if left := managedContainers(t, cli, ta); len(left) != 0 {
+				t.Errorf("the rejected image's container is still there: %v", left[0].Names)
+			}
+			ta.complete(t, tk)
+		})
+	}
+}
+
+func TestBullseyeRunsOrIsRejectedByVersion(t *testing.T) {
+	withImages(t, testenv.Bullseye)
+	ta := startAgent(t)
+	bundle, err := executor.LoadBundle(bundleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("echo ran"), Execution: inContainer(testenv.Bullseye)})
+	need := bundle.Manifest.Requires.MinGlibc
+	if executor.CompareGlibc("2.31", need) >= 0 {
+		if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+			t.Fatalf("runner needs glibc %s, bullseye has 2.31, yet: %v %s", need, run.final.GetOutcome(), run.final.GetReason())
+		}
+		return
+	}
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_IMAGE_REJECTED ||
+		!strings.Contains(run.final.GetReason(), "2.31") || !strings.Contains(run.final.GetReason(), need) {
+		t.Fatalf("outcome %v, reason %q: want IMAGE_REJECTED naming 2.31 and %s", run.final.GetOutcome(), run.final.GetReason(), need)
+	}
+}
+
+func TestSensitiveValuesNeverLeak(t *testing.T) {
+	cli := withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	const secret = "hunter2-very-secret-value"
+	tk := ticket(t)
+	req := &pb.StartStepRequest{Ticket: tk, Execution: inContainer(testenv.Bookworm),
+		Variables: []*pb.Variable{{Name: "Password", Value: secret, Sensitive: true}, {Name: "Plain", Value: "visible"}},
+		Script:    bash(`echo "pw=$Password plain=$Plain"; echo "via helper: $(get_variable Password)"; sleep 2`)}
+	if _, err := ta.client.StartStep(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	// While it runs: the container's configuration must not hold the secret.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		list := managedContainers(t, cli, ta)
+		if len(list) == 1 {
+			inspect, err := cli.ContainerInspect(context.Background(), list[0].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.Marshal(inspect)
+			if bytes.Contains(b, []byte(secret)) {
+				t.Fatal("docker inspect shows the sensitive value")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no container appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	run := ta.follow(t, tk)
+	if want := []string{"pw=******** plain=visible", "via helper: ********"}; fmt.Sprint(run.stdout) != fmt.Sprint(want) {
+		t.Errorf("stdout %q, want %q", run.stdout, want)
+	}
+	// Nothing in the state dir holds it in plaintext: journal, step dir, keys.
+	err := filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the sensitive value in plaintext", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.complete(t, tk)
+}
+
+func TestOutputVariablesAndArtifacts(t *testing.T) {
+	withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: inContainer(testenv.Bookworm), Script: bash(`
+set_variable Greeting "hello world"
+set_variable Token s3cr3t-token sensitive
+echo "token is s3cr3t-token"
+echo report-content > report.txt
+new_artifact report.txt report
+`)})
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("%v %s; stderr %q", run.final.GetOutcome(), run.final.GetReason(), run.stderr)
+	}
+	vars := map[string]string{}
+	for _, v := range run.final.GetOutputVariables() {
+		vars[v.GetName()] = v.GetValue()
+	}
+	if vars["Greeting"] != "hello world" || vars["Token"] != "s3cr3t-token" {
+		t.Errorf("output variables %v", vars)
+	}
+	if fmt.Sprint(run.stdout) != "[token is ********]" {
+		t.Errorf("stdout %q: the sensitive output value should be masked", run.stdout)
+	}
+	if len(run.final.GetArtifacts()) != 1 {
+		t.Fatalf("artifacts %v", run.final.GetArtifacts())
+	}
+	art := run.final.GetArtifacts()[0]
+	stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: art.GetPath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, msg.GetData()...)
+	}
+	if art.GetName() != "report" || string(got) != "report-content\n" || art.GetSizeBytes() != int64(len(got)) {
+		t.Errorf("artifact %v content %q", art, got)
+	}
+	ta.complete(t, tk)
+}
+
+func TestCancelEndsStepWithinGrace(t *testing.T) {
+	tests := []struct {
+		name   string
+		exec   *pb.Execution
+		script string
+	}{
+		{"container sleep", inContainer(testenv.Bookworm), "echo started; sleep 600"},
+		{"container ignoring TERM", inContainer(testenv.Bookworm), "trap '' TERM; echo started; sleep 600"},
+		{"host ignoring TERM", host(), "trap '' TERM; echo started; sleep 600 & wait; sleep 600"},
+	}
+	cli := withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tk := ticket(t)
+			_, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash(tt.script),
+				Execution: tt.exec, CancelGrace: durationpb.New(2 * time.Second)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitForLine(t, ta, tk, "started")
+			start := time.Now()
+			if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+				t.Fatal(err)
+			}
+			run := ta.follow(t, tk)
+			took := time.Since(start)
+			if run.final.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED {
+				t.Fatalf("outcome %v (%s)", run.final.GetOutcome(), run.final.GetReason())
+			}
+			if took > 2*time.Second+10*time.Second {
+				t.Errorf("cancel took %s with a 2s grace", took)
+			}
+			// Cancel again: idempotent.
+			if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+				t.Fatal(err)
+			}
+			ta.complete(t, tk)
+			assertClean(t, cli, ta, tk)
+		})
+	}
+}
+
+func waitForLine(t *testing.T, ta *testAgent, tk, want string) {
+	t.Helper()
+	var after uint64
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		st, err := ta.client.GetStatus(context.Background(), &pb.GetStatusRequest{Ticket: tk, AfterSequence: after, Wait: durationpb.New(5 * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range st.GetLines() {
+			after = l.GetSequence()
+			if string(l.GetText()) == want {
+				return
+			}
+		}
+		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE {
+			t.Fatalf("step ended (%v %s) before printing %q", st.GetOutcome(), st.GetReason(), want)
+		}
+	}
+	t.Fatalf("no line %q", want)
+}
+
+func TestTimeout(t *testing.T) {
+	withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("sleep 600"), Execution: inContainer(testenv.Bookworm),
+		Timeout: durationpb.New(2 * time.Second), CancelGrace: durationpb.New(time.Second)})
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_TIMED_OUT || !strings.Contains(run.final.GetReason(), "timed out") {
+		t.Fatalf("outcome %v reason %q", run.final.GetOutcome(), run.final.GetReason())
+	}
+	ta.complete(t, tk)
+}
+
+func TestStartStepTwiceRunsOnce(t *testing.T) {
+	ta := startAgent(t)
+	marks := filepath.Join(t.TempDir(), "marks")
+	tk := ticket(t)
+	req := &pb.StartStepRequest{Ticket: tk, Script: bash("echo run >> " + marks + "; echo done"), Execution: host()}
+	for range 3 {
+		if _, err := ta.client.StartStep(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := ta.follow(t, tk)
+	if _, err := ta.client.StartStep(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(marks)
+	if string(b) != "run\n" || fmt.Sprint(run.stdout) != "[done]" {
+		t.Errorf("the script ran %d times (stdout %q)", strings.Count(string(b), "run"), run.stdout)
+	}
+	ta.complete(t, tk)
+	ta.complete(t, tk) // idempotent
+}
+
+func TestHostStep(t *testing.T) {
+	ta := startAgent(t)
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: host(),
+		Variables: []*pb.Variable{{Name: "Octopus.Action.Name", Value: "deploy"}},
+		Script:    &pb.Script{Syntax: pb.Syntax_SYNTAX_PYTHON, Body: "import os\nprint(get_variable('Octopus.Action.Name'))\nprint(os.getcwd().endswith('/work'))\nraise SystemExit(3)"}})
+	if exitCode(run.final) != 3 || fmt.Sprint(run.stdout) != "[deploy True]" {
+		t.Fatalf("exit %d stdout %q stderr %q", exitCode(run.final), run.stdout, run.stderr)
+	}
+	ta.complete(t, tk)
+	assertNoWorkspace(t, ta, tk)
+}
+
+func assertNoWorkspace(t *testing.T, ta *testAgent, tk string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(ta.stateDir, "steps", tk)); err == nil {
+		t.Errorf("workspace of %s left behind", tk)
+	}
+}
+
+func TestUntrustedClientRefused(t *testing.T) {
+	ta := startAgent(t)
+	stranger, _, err := transport.LoadOrCreateIdentity(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := transport.Dial(ta.addr, stranger, ta.id.Thumbprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = pb.NewAgentClient(conn).GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("an untrusted client got %v, want refused at the handshake", err)
+	}
+	// And a client pinning the wrong agent refuses it.
+	conn2, _ := transport.Dial(ta.addr, ta.clientID, stranger.Thumbprint)
+	defer conn2.Close()
+	if _, err := pb.NewAgentClient(conn2).GetCapabilities(ctx, &pb.GetCapabilitiesRequest{}); err == nil {
+		t.Fatal("a client pinning another thumbprint accepted the agent")
+	}
+}
+
+func TestUnknownTicketIsNotFound(t *testing.T) {
+	ta := startAgent(t)
+	_, err := ta.client.GetStatus(context.Background(), &pb.GetStatusRequest{Ticket: "nope"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("err %v, want NotFound", err)
+	}
+}
+
+func TestInvalidRequests(t *testing.T) {
+	ta := startAgent(t)
+	tests := []struct {
+		name string
+		req  *pb.StartStepRequest
+	}{
+		{"empty ticket", &pb.StartStepRequest{Script: bash("true")}},
+		{"ticket with slash", &pb.StartStepRequest{Ticket: "a/b", Script: bash("true")}},
+		{"overlong ticket", &pb.StartStepRequest{Ticket: strings.Repeat("x", 129), Script: bash("true")}},
+		{"bad image", &pb.StartStepRequest{Ticket: "x1", Script: bash("true"), Execution: inContainer("UPPER/Case::")}},
+		{"escaping file", &pb.StartStepRequest{Ticket: "x2", Script: bash("true"), Files: []*pb.File{{Path: "../../etc/passwd"}}}},
+		{"negative timeout", &pb.StartStepRequest{Ticket: "x3", Script: bash("true"), Timeout: durationpb.New(-time.Second)}},
+		{"unknown syntax", &pb.StartStepRequest{Ticket: "x4", Script: &pb.Script{Syntax: 99, Body: "true"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ta.client.StartStep(context.Background(), tt.req)
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("err %v, want InvalidArgument", err)
+			}
+		})
+	}
+}
+
+func TestMaxStepsQueuesInOrder(t *testing.T) {
+	ta := startAgent(t, func(c *agent.Config) { c.MaxSteps = 1 })
+	first, second := ticket(t), ticket(t)
+	for _, tk := range []string{first, second} {
+		if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash("sleep 1; echo " + tk), Execution: host()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := ta.follow(t, second)
+	if !strings.Contains(strings.Join(run.agent, "\n"), "waiting for a free step slot") {
+		t.Errorf("the queued step's log does not say it waited: %q", run.agent)
+	}
+	r1 := ta.follow(t, first)
+	if !r1.final.GetFinishedAt().AsTime().Before(run.final.GetStartedAt().AsTime().Add(time.Millisecond)) {
+		t.Errorf("the second step started before the first finished")
+	}
+	ta.complete(t, first)
+	ta.complete(t, second)
+}

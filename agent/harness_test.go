@@ -1,0 +1,213 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"stevedore/agent"
+	"stevedore/executor"
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// bundleDir is a real tool bundle, built once for the package's tests as
+// `make build` builds it: a dynamically linked glibc runner and its manifest.
+var bundleDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "stevedore-bundle-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		if err := buildBundle(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "build the tool bundle:", err)
+			return 1
+		}
+		bundleDir = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func buildBundle(dir string) error {
+	cmd := exec.Command("go", "build", "-ldflags", "-linkmode external", "-o", filepath.Join(dir, "stevedore-step"), "stevedore/cmd/stevedore-step")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	// The bundle directory is mounted into containers of other users.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	_, err := executor.WriteManifest(dir, "stevedore-step", "stevedore-step", "test")
+	return err
+}
+
+// testAgent is a listening agent on loopback and a trusted client of it.
+type testAgent struct {
+	agent    *agent.Agent
+	client   pb.AgentClient
+	addr     string
+	stateDir string
+	id       *transport.Identity
+	clientID *transport.Identity
+}
+
+type agentOpt func(*agent.Config)
+
+func startAgent(t *testing.T, opts ...agentOpt) *testAgent {
+	t.Helper()
+	root := t.TempDir()
+	// Step directories are bind-mounted into containers whose user may not
+	// be root: the path to them must be traversable.
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(root, "agent")
+	id, _, err := transport.LoadOrCreateIdentity(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientID, _, err := transport.LoadOrCreateIdentity(filepath.Join(root, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := executor.LoadBundle(bundleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: testWriter{t}})
+	cfg := agent.Config{StateDir: stateDir, Bundle: bundle, MaxSteps: 4, DefaultGrace: 3 * time.Second, Identity: id, Logger: log}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, _ := transport.NewTrustList(clientID.Thumbprint)
+	srv := grpc.NewServer(transport.ServerOptions(id, trust, log)...)
+	pb.RegisterAgentServer(srv, a)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	conn, err := transport.Dial(lis.Addr().String(), clientID, id.Thumbprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Stop()
+		a.Close()
+	})
+	return &testAgent{agent: a, client: pb.NewAgentClient(conn), addr: lis.Addr().String(), stateDir: stateDir, id: id, clientID: clientID}
+}
+
+// testWriter sends the agent's log to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+// stepRun is what a test saw of a step.
+type stepRun struct {
+	final  *pb.StepStatus
+	lines  []*pb.LogLine
+	stdout []string
+	stderr []string
+	agent  []string
+}
+
+// follow reads the step's log until it is complete and returns everything,
+// checking that sequences arrive gapless and in order.
+func (ta *testAgent) follow(t *testing.T, ticket string) *stepRun {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := &stepRun{}
+	var after uint64
+	for {
+		st, err := ta.client.GetStatus(ctx, &pb.GetStatusRequest{Ticket: ticket, AfterSequence: after, Wait: durationpb.New(10 * time.Second)})
+		if err != nil {
+			t.Fatalf("GetStatus(%s, %d): %v", ticket, after, err)
+		}
+		for _, l := range st.GetLines() {
+			if l.GetSequence() != after+1 {
+				t.Fatalf("line sequence %d after %d: a gap or a repeat", l.GetSequence(), after)
+			}
+			after = l.GetSequence()
+			run.lines = append(run.lines, l)
+			switch l.GetSource() {
+			case pb.LogSource_LOG_SOURCE_STDOUT:
+				run.stdout = append(run.stdout, string(l.GetText()))
+			case pb.LogSource_LOG_SOURCE_STDERR:
+				run.stderr = append(run.stderr, string(l.GetText()))
+			default:
+				run.agent = append(run.agent, string(l.GetText()))
+			}
+		}
+		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE && after+1 >= st.GetNextSequence() {
+			run.final = st
+			return run
+		}
+	}
+}
+
+// run starts req and follows it to the end.
+func (ta *testAgent) run(t *testing.T, req *pb.StartStepRequest) *stepRun {
+	t.Helper()
+	if _, err := ta.client.StartStep(context.Background(), req); err != nil {
+		t.Fatalf("StartStep: %v", err)
+	}
+	return ta.follow(t, req.Ticket)
+}
+
+// complete calls CompleteStep until every line is delivered.
+func (ta *testAgent) complete(t *testing.T, ticket string) {
+	t.Helper()
+	if _, err := ta.client.CompleteStep(context.Background(), &pb.CompleteStepRequest{Ticket: ticket, AfterSequence: ^uint64(0) >> 1}); err != nil {
+		t.Fatalf("CompleteStep(%s): %v", ticket, err)
+	}
+}
+
+var ticketSeq int
+
+func ticket(t *testing.T) string {
+	ticketSeq++
+	return fmt.Sprintf("t%d-%d", time.Now().UnixNano()%1e9, ticketSeq)
+}
+
+func inContainer(image string) *pb.Execution {
+	return &pb.Execution{Target: &pb.Execution_Container{Container: &pb.ContainerExecution{Image: image}}}
+}
+
+func host() *pb.Execution {
+	return &pb.Execution{Target: &pb.Execution_Host{Host: &pb.HostExecution{}}}
+}
+
+func bash(body string) *pb.Script { return &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: body} }
+
+func exitCode(st *pb.StepStatus) int {
+	if st.ExitCode == nil {
+		return -1
+	}
+	return int(st.GetExitCode())
+}
