@@ -160,7 +160,7 @@ func TestRejectedImages(t *testing.T) {
 func TestBullseyeRunsOrIsRejectedByVersion(t *testing.T) {
 	withImages(t, testenv.Bullseye)
 	ta := startAgent(t)
-	bundle, err := executor.LoadBundle(bundleDir)
+	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}

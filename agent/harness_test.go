@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,44 +15,15 @@ import (
 
 	"stevedore/agent"
 	"stevedore/executor"
+	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/transport"
 )
 
-// bundleDir is a real tool bundle, built once for the package's tests as
-// `make build` builds it: a dynamically linked glibc runner and its manifest.
-var bundleDir string
-
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "stevedore-bundle-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		if err := buildBundle(dir); err != nil {
-			fmt.Fprintln(os.Stderr, "build the tool bundle:", err)
-			return 1
-		}
-		bundleDir = dir
-		return m.Run()
-	}()
+	code := m.Run()
+	testenv.CleanupBundle()
 	os.Exit(code)
-}
-
-func buildBundle(dir string) error {
-	cmd := exec.Command("go", "build", "-ldflags", "-linkmode external", "-o", filepath.Join(dir, "stevedore-step"), "stevedore/cmd/stevedore-step")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%w: %s", err, out)
-	}
-	// The bundle directory is mounted into containers of other users.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
-	_, err := executor.WriteManifest(dir, "stevedore-step", "stevedore-step", "test")
-	return err
 }
 
 // testAgent is a listening agent on loopback and a trusted client of it.
@@ -85,7 +55,7 @@ func startAgent(t *testing.T, opts ...agentOpt) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := executor.LoadBundle(bundleDir)
+	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,6 +101,9 @@ func verifyPinned(trust *TrustList, rawCerts [][]byte) (string, error) {
 // connections: it demands a client certificate and accepts only pinned ones,
 // logging each refusal with the peer's address and thumbprint.
 func ServerTLSConfig(id *Identity, trust *TrustList, log hclog.Logger) *tls.Config {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	base := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{id.Certificate},

@@ -14,6 +14,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -132,4 +134,57 @@ func Image(t testing.TB, cli *client.Client, ref string) {
 	if err := jsonmessage.DisplayJSONMessagesStream(rc, io.Discard, 0, false, nil); err != nil {
 		Unavailable(t, "fixture %s: %v", ref, err)
 	}
+}
+
+var (
+	bundleOnce sync.Once
+	bundleDir  string
+	bundleErr  error
+)
+
+// BundleDir builds the tool bundle once per test process, as `make build`
+// does (a dynamically linked glibc runner and its bundle.json), and returns
+// its directory. The directory is removed when the process ends only if the
+// caller's TestMain calls CleanupBundle.
+func BundleDir(t testing.TB) string {
+	t.Helper()
+	bundleOnce.Do(func() { bundleDir, bundleErr = buildBundle() })
+	if bundleErr != nil {
+		if InCI() {
+			t.Fatalf("build the tool bundle: %v", bundleErr)
+		}
+		t.Skipf("build the tool bundle (needs gcc; run `make setup`): %v", bundleErr)
+	}
+	return bundleDir
+}
+
+// CleanupBundle removes the bundle BundleDir built, if any.
+func CleanupBundle() {
+	if bundleDir != "" {
+		os.RemoveAll(bundleDir)
+	}
+}
+
+func buildBundle() (string, error) {
+	dir, err := os.MkdirTemp("", "stevedore-bundle-")
+	if err != nil {
+		return "", err
+	}
+	// Mounted into containers whose user may not be root.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	runner := filepath.Join(dir, "stevedore-step")
+	cmd := exec.Command("go", "build", "-ldflags", "-linkmode external", "-o", runner, "stevedore/cmd/stevedore-step")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%w: %s", err, out)
+	}
+	// Written by the same code as `stevedore bundle manifest`, through the
+	// command so that testenv does not import the executor it tests.
+	cmd = exec.Command("go", "run", "stevedore/cmd/stevedore", "bundle", "manifest", dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("bundle manifest: %w: %s", err, out)
+	}
+	return dir, nil
 }
