@@ -185,6 +185,14 @@ func (a *Agent) follow(s *step, ex executor.Executor, spec *executor.Spec, req *
 			goto ended
 		case <-stopCh:
 			stopCh = nil
+			s.mu.Lock()
+			asked := s.stopReason != pb.Outcome_OUTCOME_UNSPECIFIED
+			s.mu.Unlock()
+			if !asked {
+				// The agent is shutting down, not stopping the step: the
+				// runner goes on and the next agent process follows it.
+				return
+			}
 			grace := req.GetCancelGrace().AsDuration()
 			if grace <= 0 {
 				grace = a.cfg.DefaultGrace
