@@ -419,12 +419,78 @@ func TestUntrustedClientRefused(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("an untrusted client got %v, want refused at the handshake", err)
 	}
-	// And a client pinning the wrong agent refuses it.
+	if logs := ta.logs.String(); !strings.Contains(logs, "refused an untrusted client") || !strings.Contains(logs, stranger.Thumbprint) {
+		t.Errorf("the agent's log does not name the refused client: %q", logs)
+	}
+	// And a client pinning another thumbprint refuses the agent.
 	conn2, _ := transport.Dial(ta.addr, ta.clientID, stranger.Thumbprint)
 	defer conn2.Close()
 	if _, err := pb.NewAgentClient(conn2).GetCapabilities(ctx, &pb.GetCapabilitiesRequest{}); err == nil {
 		t.Fatal("a client pinning another thumbprint accepted the agent")
 	}
+}
+
+func TestCapabilities(t *testing.T) {
+	_, info := testenv.Docker(t)
+	ta := startAgent(t, func(c *agent.Config) { c.Name = "w1"; c.Labels = map[string]string{"zone": "a"} })
+	caps, err := ta.client.GetCapabilities(context.Background(), &pb.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !caps.GetDocker().GetAvailable() || caps.GetDocker().GetVersion() != info.Version || caps.GetDocker().GetApiVersion() != info.APIVersion {
+		t.Errorf("docker %v, want %+v", caps.GetDocker(), info)
+	}
+	b := caps.GetBundle()
+	if b.GetName() != "stevedore-step" || b.GetRequires().GetLibc() != "glibc" || b.GetRequires().GetMinGlibc() == "" {
+		t.Errorf("bundle %v", b)
+	}
+	if caps.GetThumbprint() != ta.id.Thumbprint || caps.GetName() != "w1" || caps.GetLabels()["zone"] != "a" ||
+		caps.GetMaxConcurrentSteps() != 4 || caps.GetProtocolVersion() == 0 || caps.GetOs() == "" {
+		t.Errorf("capabilities %v", caps)
+	}
+}
+
+// Output that is not text, not UTF-8 or not newline-terminated arrives byte for byte.
+func TestOutputBytesCarriedFaithfully(t *testing.T) {
+	ta := startAgent(t)
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: host(),
+		Script: bash(`printf 'caf\xc3\xa9 \xff\xfe bad utf8\n'; printf 'nul\x00byte\r\n'; head -c 200000 /dev/zero | tr '\0' x; echo; printf 'no newline at the end'`)})
+	var stdout []byte
+	for _, l := range run.lines {
+		if l.GetSource() != pb.LogSource_LOG_SOURCE_STDOUT {
+			continue
+		}
+		stdout = append(stdout, l.GetText()...)
+		if !l.GetPartial() {
+			stdout = append(stdout, '\n')
+		}
+	}
+	want := "caf\xc3\xa9 \xff\xfe bad utf8\nnul\x00byte\r\n" + strings.Repeat("x", 200000) + "\nno newline at the end"
+	if string(stdout) != want {
+		t.Fatalf("stdout differs: got %d bytes, want %d; head %q tail %q", len(stdout), len(want), stdout[:min(40, len(stdout))], stdout[max(0, len(stdout)-30):])
+	}
+	ta.complete(t, tk)
+}
+
+func TestCancelWhileWaitingForASlot(t *testing.T) {
+	ta := startAgent(t, func(c *agent.Config) { c.MaxSteps = 1 })
+	busy, waiting := ticket(t), ticket(t)
+	for _, tk := range []string{busy, waiting} {
+		if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash("echo started; sleep 600"), Execution: host()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForLine(t, ta, busy, "started")
+	if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: waiting}); err != nil {
+		t.Fatal(err)
+	}
+	run := ta.follow(t, waiting)
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED || len(run.stdout) != 0 || !strings.Contains(run.final.GetReason(), "waited for a step slot") {
+		t.Fatalf("outcome %v reason %q stdout %q", run.final.GetOutcome(), run.final.GetReason(), run.stdout)
+	}
+	ta.complete(t, busy) // cancels the busy one
+	ta.complete(t, waiting)
 }
 
 func TestUnknownTicketIsNotFound(t *testing.T) {

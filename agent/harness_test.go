@@ -1,11 +1,14 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,18 +30,25 @@ func TestMain(m *testing.M) {
 }
 
 // testAgent is a listening agent on loopback and a trusted client of it.
+// stop and start restart it over the same state dir, as a service manager would.
 type testAgent struct {
-	agent    *agent.Agent
-	client   pb.AgentClient
-	addr     string
+	t        testing.TB
+	opts     []agentOpt
 	stateDir string
 	id       *transport.Identity
 	clientID *transport.Identity
+
+	agent  *agent.Agent
+	srv    *grpc.Server
+	conn   *grpc.ClientConn
+	client pb.AgentClient
+	addr   string
+	logs   *lockedBuffer
 }
 
 type agentOpt func(*agent.Config)
 
-func startAgent(t *testing.T, opts ...agentOpt) *testAgent {
+func startAgent(t testing.TB, opts ...agentOpt) *testAgent {
 	t.Helper()
 	root := t.TempDir()
 	// Step directories are bind-mounted into containers whose user may not
@@ -46,50 +56,81 @@ func startAgent(t *testing.T, opts ...agentOpt) *testAgent {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	stateDir := filepath.Join(root, "agent")
-	id, _, err := transport.LoadOrCreateIdentity(stateDir)
-	if err != nil {
+	ta := &testAgent{t: t, opts: opts, stateDir: filepath.Join(root, "agent"), logs: &lockedBuffer{}}
+	var err error
+	if ta.id, _, err = transport.LoadOrCreateIdentity(ta.stateDir); err != nil {
 		t.Fatal(err)
 	}
-	clientID, _, err := transport.LoadOrCreateIdentity(filepath.Join(root, "client"))
-	if err != nil {
+	if ta.clientID, _, err = transport.LoadOrCreateIdentity(filepath.Join(root, "client")); err != nil {
 		t.Fatal(err)
 	}
+	ta.start()
+	t.Cleanup(func() {
+		if ta.agent != nil {
+			ta.stop()
+		}
+	})
+	return ta
+}
+
+func (ta *testAgent) start() {
+	t := ta.t
+	t.Helper()
 	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: testWriter{t}})
-	cfg := agent.Config{StateDir: stateDir, Bundle: bundle, MaxSteps: 4, DefaultGrace: 3 * time.Second, Identity: id, Logger: log}
-	for _, o := range opts {
+	log := hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: io.MultiWriter(testWriter{t}, ta.logs)})
+	cfg := agent.Config{StateDir: ta.stateDir, Bundle: bundle, MaxSteps: 4, DefaultGrace: 3 * time.Second, Identity: ta.id, Logger: log}
+	for _, o := range ta.opts {
 		o(&cfg)
 	}
-	a, err := agent.New(cfg)
-	if err != nil {
+	if ta.agent, err = agent.New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	trust, _ := transport.NewTrustList(clientID.Thumbprint)
-	srv := grpc.NewServer(transport.ServerOptions(id, trust, log)...)
-	pb.RegisterAgentServer(srv, a)
+	trust, _ := transport.NewTrustList(ta.clientID.Thumbprint)
+	ta.srv = grpc.NewServer(transport.ServerOptions(ta.id, trust, log)...)
+	pb.RegisterAgentServer(ta.srv, ta.agent)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(lis)
-	conn, err := transport.Dial(lis.Addr().String(), clientID, id.Thumbprint)
-	if err != nil {
+	go ta.srv.Serve(lis)
+	ta.addr = lis.Addr().String()
+	if ta.conn, err = transport.Dial(ta.addr, ta.clientID, ta.id.Thumbprint); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		a.Close()
-	})
-	return &testAgent{agent: a, client: pb.NewAgentClient(conn), addr: lis.Addr().String(), stateDir: stateDir, id: id, clientID: clientID}
+	ta.client = pb.NewAgentClient(ta.conn)
+}
+
+// stop ends the agent as SIGTERM does: running steps go on.
+func (ta *testAgent) stop() {
+	ta.conn.Close()
+	ta.srv.Stop()
+	ta.agent.Close()
+	ta.agent = nil
+}
+
+// lockedBuffer collects the agent's log for assertions.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // testWriter sends the agent's log to the test's log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
