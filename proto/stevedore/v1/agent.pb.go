@@ -1889,7 +1889,10 @@ func (x *StepStatus) GetImageId() string {
 
 type LogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// 1, 2, 3, ... per step, without gaps.
+	// 1, 2, 3, ... per step, without gaps. The agent's own lines before the
+	// script started come first, then the runner's records (a service message
+	// becomes an AGENT line saying what it did, e.g. "output variable X set"),
+	// then the agent's lines after the script ended.
 	Sequence uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	Source   LogSource              `protobuf:"varint,2,opt,name=source,proto3,enum=stevedore.v1.LogSource" json:"source,omitempty"`
 	Time     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`

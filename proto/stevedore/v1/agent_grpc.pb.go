@@ -59,7 +59,9 @@ type AgentClient interface {
 	CancelStep(ctx context.Context, in *CancelStepRequest, opts ...grpc.CallOption) (*StepStatus, error)
 	// The caller has everything it needs: the agent returns the lines after
 	// after_sequence, then removes the step's container and workspace and
-	// forgets the step. Idempotent. Cancels the step first if it still runs.
+	// keeps only its exit record. If the lines do not all fit in one reply it
+	// returns the first ones and removes nothing: call again from the last.
+	// Idempotent. Cancels the step first if it still runs.
 	CompleteStep(ctx context.Context, in *CompleteStepRequest, opts ...grpc.CallOption) (*StepStatus, error)
 	// Pulls images ahead of the steps that use them, streaming progress.
 	PrePull(ctx context.Context, in *PrePullRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PrePullProgress], error)
@@ -199,7 +201,9 @@ type AgentServer interface {
 	CancelStep(context.Context, *CancelStepRequest) (*StepStatus, error)
 	// The caller has everything it needs: the agent returns the lines after
 	// after_sequence, then removes the step's container and workspace and
-	// forgets the step. Idempotent. Cancels the step first if it still runs.
+	// keeps only its exit record. If the lines do not all fit in one reply it
+	// returns the first ones and removes nothing: call again from the last.
+	// Idempotent. Cancels the step first if it still runs.
 	CompleteStep(context.Context, *CompleteStepRequest) (*StepStatus, error)
 	// Pulls images ahead of the steps that use them, streaming progress.
 	PrePull(*PrePullRequest, grpc.ServerStreamingServer[PrePullProgress]) error
