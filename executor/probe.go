@@ -481,7 +481,7 @@ func rejectReason(image string, v Verdict, req Requirements) string {
 		if paths, err := pathsFor(req); err == nil {
 			looked = paths.glibcLoader + " and " + paths.muslLoader
 		}
-		return fmt.Sprintf("image %s has no dynamic loader (looked for %s%s): it looks like a static or distroless image; %s%s and its loader in the image; use a glibc-based image, e.g. debian:bookworm-slim, or a distroless "base" image rather than a "static" one",
+		return fmt.Sprintf("image %s has no dynamic loader (looked for %s%s): it looks like a static or distroless image; %s%s and its loader in the image; use a glibc-based image, e.g. debian:bookworm-slim, or a distroless base image rather than a static one",
 			image, looked, says, runnerNeeds, needs)
 	case LibcGlibc:
 		if v.GlibcVersion == "" {

@@ -407,7 +407,7 @@ func TestProbe(t *testing.T) {
 		{
 			name: "static", fs: l.static(), req: runner,
 			want:   Verdict{Libc: LibcNone},
-			reject: "image img has no dynamic loader (looked for " + ld + " and " + musl + "): it looks like a static or distroless image; stevedore's step runner needs glibc 2.34 or newer and its loader in the image; use a glibc-based image, e.g. debian:bookworm-slim, or a distroless "base" image rather than a "static" one",
+			reject: "image img has no dynamic loader (looked for " + ld + " and " + musl + "): it looks like a static or distroless image; stevedore's step runner needs glibc 2.34 or newer and its loader in the image; use a glibc-based image, e.g. debian:bookworm-slim, or a distroless base image rather than a static one",
 		},
 		{
 			name: "a static runner fits anything", fs: l.static(), req: Requirements{},
