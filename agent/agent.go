@@ -16,6 +16,7 @@ import (
 	"stevedore/executor"
 	"stevedore/internal/engine"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 	"stevedore/transport"
 )
 
@@ -35,6 +36,30 @@ type Config struct {
 	Labels    map[string]string
 	Identity  *transport.Identity
 	Logger    hclog.Logger
+	// Images configures pulls, pre-pulls and the image cache.
+	Images ImagesConfig
+	// Credentials resolves feeds and Docker's own credential config; nil:
+	// inline credentials only.
+	Credentials CredentialResolver
+}
+
+// CredentialResolver finds the credentials for an image (registry.Resolver).
+type CredentialResolver interface {
+	Resolve(ctx context.Context, image, feed string, inline *registry.Credentials) (registry.Credentials, string, error)
+}
+
+// ImagesConfig is the image part of the agent's configuration.
+type ImagesConfig struct {
+	AllowedImages []string
+	PullTimeout   time.Duration
+	StallTimeout  time.Duration
+	Retries       int
+	// Refresh is how often pre-pulled images are checked for a moved tag.
+	Refresh time.Duration
+	Prepull []registry.PrepullImage
+	GC      registry.GCOptions
+	// GCInterval is how often the cache is collected (besides after pulls).
+	GCInterval time.Duration
 }
 
 // Agent serves the stevedore.v1.Agent service.
@@ -48,6 +73,7 @@ type Agent struct {
 	slots   *slots
 	host    *executor.Host
 	probes  *executor.ProbeCache
+	images  *registry.Store
 
 	// ctx ends when the agent shuts down.
 	ctx    context.Context
@@ -58,6 +84,7 @@ type Agent struct {
 
 	dockerMu   sync.Mutex
 	docker     *executor.Docker
+	coord      *registry.Coordinator
 	dockerInfo engine.Info
 	dockerErr  error
 }
@@ -91,6 +118,11 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	store, err := registry.OpenStore(cfg.StateDir)
+	if err != nil {
+		j.close()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := cfg.Logger.Named("agent")
 	a := &Agent{
@@ -98,6 +130,7 @@ func New(cfg Config) (*Agent, error) {
 		slots:  newSlots(cfg.MaxSteps),
 		host:   executor.NewHost(cfg.Bundle, log),
 		probes: executor.NewProbeCache(),
+		images: store,
 		ctx:    ctx, cancel: cancel,
 		steps: map[string]*step{},
 	}
@@ -106,17 +139,40 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if err := a.resume(); err != nil {
 		j.close()
+		store.Close()
 		cancel()
 		return nil, err
 	}
+	go a.flushImages()
 	return a, nil
+}
+
+// flushImages writes the image store's last-use times now and then, so
+// using a cached image costs no disk write on the step's path.
+func (a *Agent) flushImages() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+			if err := a.images.Flush(); err != nil {
+				a.log.Warn("image store flush failed", "error", err)
+			}
+		}
+	}
 }
 
 // Close stops accepting work and releases the journal. Running steps go on
 // (their runners are detached) and are picked up by the next agent process.
 func (a *Agent) Close() error {
 	a.cancel()
-	return a.journal.close()
+	serr := a.images.Close()
+	if err := a.journal.close(); err != nil {
+		return err
+	}
+	return serr
 }
 
 // dockerExecutor returns the Docker executor, connecting to the engine
@@ -132,8 +188,15 @@ func (a *Agent) dockerExecutor(ctx context.Context) (*executor.Docker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", executor.ErrEngine, err)
 	}
-	a.docker = executor.NewDocker(cli, a.cfg.Bundle, a.cfg.Identity.Thumbprint, a.probes, a.log)
+	im := a.cfg.Images
+	a.coord = registry.NewCoordinator(registry.Options{
+		Engine: cli, Store: a.images, AllowedImages: im.AllowedImages,
+		PullTimeout: im.PullTimeout, StallTimeout: im.StallTimeout, Retries: im.Retries,
+		GC: im.GC, Logger: a.log,
+	})
+	a.docker = executor.NewDocker(cli, a.coord, a.images, a.cfg.Bundle, a.cfg.Identity.Thumbprint, a.probes, a.log)
 	a.log.Info("connected to the Docker Engine", "host", info.Host, "version", info.Version, "api_version", info.APIVersion)
+	go a.coord.RunPrepull(a.ctx, im.Prepull, im.Refresh, im.GCInterval)
 	return a.docker, nil
 }
 

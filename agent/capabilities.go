@@ -4,13 +4,16 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 )
 
 func nowUTC() time.Time { return time.Now().UTC() }
@@ -27,7 +30,8 @@ func (a *Agent) GetCapabilities(ctx context.Context, _ *pb.GetCapabilitiesReques
 		Bundle: &pb.Bundle{Name: m.Name, Version: m.Version, Entrypoint: m.Entrypoint, Requires: &pb.BundleRequirements{
 			Libc: m.Requires.Libc, Interpreter: m.Requires.Interpreter, MinGlibc: m.Requires.MinGlibc, SharedLibraries: m.Requires.SharedLibraries,
 		}},
-		Docker: &pb.DockerEngine{},
+		Docker:       &pb.DockerEngine{},
+		CachedImages: a.cachedImages(),
 	}
 	if _, err := a.dockerExecutor(ctx); err != nil {
 		caps.Docker.Error = err.Error()
@@ -39,8 +43,82 @@ func (a *Agent) GetCapabilities(ctx context.Context, _ *pb.GetCapabilitiesReques
 	return caps, nil
 }
 
-// PrePull implements pb.AgentServer. Pre-pulling comes with feeds and the
-// image cache; until then a step pulls its own image when it starts.
-func (a *Agent) PrePull(*pb.PrePullRequest, pb.Agent_PrePullServer) error {
-	return status.Error(codes.Unimplemented, "PrePull is not available yet on this agent: steps pull their images when they start")
+// PrePull implements pb.AgentServer: each image is made available now
+// (policy always unless the request says otherwise), with throttled
+// progress, and a last message per image says how it went.
+func (a *Agent) PrePull(req *pb.PrePullRequest, stream pb.Agent_PrePullServer) error {
+	d, err := a.dockerExecutor(stream.Context())
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "cannot pre-pull: %v", err)
+	}
+	_ = d
+	for _, img := range req.GetImages() {
+		if err := registry.CheckAllowed(a.cfg.Images.AllowedImages, img.GetImage()); err != nil {
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
+		if _, err := registry.ParseImage(img.GetImage()); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	for _, img := range req.GetImages() {
+		policy, err := pullPolicy(img.GetPullPolicy())
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		if policy == registry.PullDefault {
+			policy = registry.PullAlways
+		}
+		creds, source, err := a.credentials(stream.Context(), img)
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		var mu sync.Mutex
+		var last time.Time
+		var sendErr error
+		progress := func(p registry.Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			if sendErr != nil || (p.Message == "" && time.Since(last) < time.Second) {
+				return
+			}
+			last = time.Now()
+			sendErr = stream.Send(&pb.PrePullProgress{Image: img.GetImage(), Status: p.String(),
+				LayersDone: uint32(p.LayersDone), LayersTotal: uint32(p.LayersTotal), BytesDone: p.BytesDone, BytesTotal: p.BytesTotal})
+		}
+		lease, err := a.coord.Ensure(stream.Context(), registry.Request{Image: img.GetImage(), Credentials: creds, Source: source,
+			Policy: policy, Platform: img.GetPlatform(), Progress: progress})
+		mu.Lock()
+		final := &pb.PrePullProgress{Image: img.GetImage(), Done: true}
+		mu.Unlock()
+		if err != nil {
+			final.Error, final.Status = err.Error(), "failed"
+		} else {
+			final.ImageId, final.Status = lease.ImageID, "ready"
+			if rec, ok := a.images.Get(lease.ImageID); ok {
+				final.Digest = rec.Digest
+			}
+			lease.Release()
+		}
+		if err := stream.Send(final); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cachedImages lists the images the agent pulled, for capabilities.
+func (a *Agent) cachedImages() []*pb.CachedImage {
+	a.dockerMu.Lock()
+	coord := a.coord
+	a.dockerMu.Unlock()
+	var out []*pb.CachedImage
+	for _, r := range a.images.All() {
+		ref := ""
+		if len(r.Refs) > 0 {
+			ref = r.Refs[len(r.Refs)-1]
+		}
+		out = append(out, &pb.CachedImage{Reference: ref, ImageId: r.ImageID, Digest: r.Digest, SizeBytes: r.Size,
+			LastUsed: timestamppb.New(r.LastUsed), Pinned: coord != nil && coord.IsPinned(ref)})
+	}
+	return out
 }

@@ -421,6 +421,15 @@ func (a *Agent) execSpec(s *step, req *pb.StartStepRequest, secrets *stepSecrets
 				cs.CredentialsSource = fmt.Sprintf("inline credentials of %q", cr.GetUsername())
 			}
 		}
+		if cs.Credentials.Anonymous() {
+			// A feed, or the worker's own Docker credentials.
+			creds, source, err := a.credentials(a.ctx, c)
+			if err == nil {
+				cs.Credentials, cs.CredentialsSource = creds, source
+			} else {
+				a.log.Warn("no credentials for the step's image", "ticket", s.rec.Ticket, "error", err)
+			}
+		}
 		spec.Container = cs
 		if req.GetTaskId() != "" {
 			spec.Labels = map[string]string{"io.stevedore.task": req.GetTaskId()}
@@ -429,16 +438,16 @@ func (a *Agent) execSpec(s *step, req *pb.StartStepRequest, secrets *stepSecrets
 	return spec
 }
 
-func pullPolicy(p pb.PullPolicy) (executor.PullPolicy, error) {
+func pullPolicy(p pb.PullPolicy) (registry.PullPolicy, error) {
 	switch p {
 	case pb.PullPolicy_PULL_POLICY_UNSPECIFIED:
-		return executor.PullDefault, nil
+		return registry.PullDefault, nil
 	case pb.PullPolicy_PULL_POLICY_ALWAYS:
-		return executor.PullAlways, nil
+		return registry.PullAlways, nil
 	case pb.PullPolicy_PULL_POLICY_IF_NOT_PRESENT:
-		return executor.PullIfNotPresent, nil
+		return registry.PullIfNotPresent, nil
 	case pb.PullPolicy_PULL_POLICY_NEVER:
-		return executor.PullNever, nil
+		return registry.PullNever, nil
 	}
 	return 0, fmt.Errorf("unknown pull policy %v", p)
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 )
 
 // Bounds of one status reply, well under the gRPC message limit.
@@ -30,6 +31,11 @@ const (
 func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.StepStatus, error) {
 	if err := validateStart(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if c := req.GetExecution().GetContainer(); c != nil && a.lookup(req.GetTicket()) == nil {
+		if err := registry.CheckAllowed(a.cfg.Images.AllowedImages, c.GetImage()); err != nil {
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
 	}
 	s, err := a.accept(req)
 	if err != nil {

@@ -7,8 +7,8 @@ import (
 	"regexp"
 	"strings"
 
-	"stevedore/executor"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 )
 
 var ticketRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
@@ -60,7 +60,7 @@ func validateStart(req *pb.StartStepRequest) error {
 		}
 	}
 	if c := req.GetExecution().GetContainer(); c != nil {
-		if _, err := executor.ParseImage(c.GetImage()); err != nil {
+		if _, err := registry.ParseImage(c.GetImage()); err != nil {
 			bad("execution.container.image: %v", err)
 		}
 		if _, err := pullPolicy(c.GetPullPolicy()); err != nil {

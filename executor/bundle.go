@@ -2,7 +2,9 @@ package executor
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -348,4 +350,12 @@ func CompareGlibc(a, b string) int {
 		}
 	}
 	return 0
+}
+
+// Key names these requirements compactly, so that a stored verdict is
+// reused only for the requirements it was made against.
+func (r Requirements) Key() string {
+	b, _ := json.Marshal(r)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }

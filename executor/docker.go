@@ -2,19 +2,22 @@ package executor
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/hashicorp/go-hclog"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"stevedore/registry"
 )
 
 // Labels on every container the agent makes; reaping and reattaching find
@@ -31,8 +34,6 @@ const BundleMountPath = "/opt/stevedore/bundle"
 // DockerAPI is the part of the Docker client the executor uses.
 type DockerAPI interface {
 	ProbeAPI
-	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
-	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
 	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net any, platform *ocispec.Platform, name string) (container.CreateResponse, error)
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	ContainerAttach(ctx context.Context, id string, opts container.AttachOptions) (hijacked, error)
@@ -53,17 +54,24 @@ type hijacked interface {
 // Docker runs steps in containers of their images.
 type Docker struct {
 	api    DockerAPI
+	images *registry.Coordinator
 	bundle *Bundle
 	// agentID is this agent's label value and container-name prefix, so two
 	// agents on one engine never touch each other's containers.
 	agentID string
 	probes  *ProbeCache
 	log     hclog.Logger
+
+	verdicts VerdictStore
+
+	mu     sync.Mutex
+	leases map[string]*registry.Lease
 }
 
 // NewDocker returns a Docker executor over the client cli.
-func NewDocker(cli *client.Client, bundle *Bundle, agentID string, probes *ProbeCache, log hclog.Logger) *Docker {
-	return &Docker{api: clientAdapter{cli}, bundle: bundle, agentID: agentID, probes: probes, log: log.Named("docker")}
+func NewDocker(cli *client.Client, images *registry.Coordinator, verdicts VerdictStore, bundle *Bundle, agentID string, probes *ProbeCache, log hclog.Logger) *Docker {
+	return &Docker{api: clientAdapter{cli}, images: images, verdicts: verdicts, bundle: bundle, agentID: agentID, probes: probes,
+		log: log.Named("docker"), leases: map[string]*registry.Lease{}}
 }
 
 // ContainerName is the step's container name on the engine.
@@ -89,7 +97,7 @@ func (d *Docker) Prepare(ctx context.Context, spec *Spec, logf LogFunc) error {
 	} else if !errdefs.IsNotFound(err) {
 		return fmt.Errorf("%w: inspect %s: %w", ErrEngine, name, err)
 	}
-	if err := d.ensureImage(ctx, c, logf); err != nil {
+	if err := d.ensureImage(ctx, spec, logf); err != nil {
 		return err
 	}
 	labels := map[string]string{LabelManaged: "true", LabelTicket: spec.Ticket, LabelAgent: d.agentID}
@@ -143,14 +151,9 @@ func (d *Docker) Prepare(ctx context.Context, spec *Spec, logf LogFunc) error {
 // image's user.
 func (d *Docker) admit(ctx context.Context, spec *Spec, c container.InspectResponse, logf LogFunc) error {
 	imageID := c.Image
-	verdict, ok := d.probes.Get(imageID)
-	if !ok {
-		var err error
-		verdict, err = Probe(ctx, d.api, c.ID, d.bundle.Manifest.Requires)
-		if err != nil {
-			return fmt.Errorf("%w: probe %s: %w", ErrEngine, spec.Container.Image, err)
-		}
-		d.probes.Put(imageID, verdict)
+	verdict, err := d.verdict(ctx, imageID, c.ID, spec.Container.Image)
+	if err != nil {
+		return err
 	}
 	if err := verdict.Check(spec.Container.Image, d.bundle.Manifest.Requires); err != nil {
 		return err
@@ -169,6 +172,43 @@ func shortImageID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// verdict returns the probe verdict for imageID: from memory, from the
+// store (verdicts survive restarts), or by probing the created container.
+func (d *Docker) verdict(ctx context.Context, imageID, containerID, image string) (Verdict, error) {
+	if v, ok := d.probes.Get(imageID); ok {
+		return v, nil
+	}
+	key := imageID + "/" + d.bundle.Manifest.Requires.Key()
+	if d.verdicts != nil {
+		if b, ok := d.verdicts.GetVerdict(key); ok {
+			var v Verdict
+			if json.Unmarshal(b, &v) == nil {
+				d.probes.Put(imageID, v)
+				return v, nil
+			}
+		}
+	}
+	v, err := Probe(ctx, d.api, containerID, d.bundle.Manifest.Requires)
+	if err != nil {
+		return Verdict{}, fmt.Errorf("%w: probe %s: %w", ErrEngine, image, err)
+	}
+	d.probes.Put(imageID, v)
+	if d.verdicts != nil {
+		if b, err := json.Marshal(v); err == nil {
+			if err := d.verdicts.PutVerdict(key, b); err != nil {
+				d.log.Warn("could not store the probe verdict", "image_id", imageID, "error", err)
+			}
+		}
+	}
+	return v, nil
+}
+
+// VerdictStore keeps probe verdicts across restarts (registry.Store is one).
+type VerdictStore interface {
+	GetVerdict(key string) ([]byte, bool)
+	PutVerdict(key string, v []byte) error
 }
 
 // Start implements Executor.
@@ -239,6 +279,7 @@ func (d *Docker) Signal(ctx context.Context, spec *Spec, sig syscall.Signal) err
 
 // Remove implements Executor.
 func (d *Docker) Remove(ctx context.Context, spec *Spec) error {
+	defer d.releaseImage(spec.Ticket)
 	name := d.ContainerName(spec.Ticket)
 	err := d.api.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err == nil || errdefs.IsNotFound(err) {

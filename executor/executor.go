@@ -46,7 +46,7 @@ type ContainerSpec struct {
 	// CredentialsSource names where Credentials came from, for messages
 	// ("inline credentials", "feed acme"); never the credentials themselves.
 	CredentialsSource string
-	Policy            PullPolicy
+	Policy            registry.PullPolicy
 	Platform          string
 	MemoryBytes       int64
 	NanoCPUs          int64
