@@ -49,6 +49,7 @@ type pull struct {
 	waiters int
 	subs    map[int]func(Progress)
 	nextSub int
+	last    *Progress // the latest progress, for waiters who join late
 
 	done    chan struct{}
 	imageID string
@@ -81,10 +82,15 @@ func (c *Coordinator) sharedPull(ctx context.Context, ref reference.Named, req R
 	p.waiters++
 	sub := p.nextSub
 	p.nextSub++
+	var last *Progress
 	if req.Progress != nil {
 		p.subs[sub] = req.Progress
+		last = p.last
 	}
 	c.mu.Unlock()
+	if last != nil {
+		req.Progress(*last)
+	}
 
 	select {
 	case <-p.done:
@@ -114,6 +120,9 @@ func (c *Coordinator) leave(p *pull, sub int) {
 
 func (c *Coordinator) broadcast(p *pull, pr Progress) {
 	c.mu.Lock()
+	if pr.Message == "" {
+		p.last = &pr
+	}
 	subs := make([]func(Progress), 0, len(p.subs))
 	for _, f := range p.subs {
 		subs = append(subs, f)
