@@ -46,6 +46,7 @@ type Config struct {
 // CredentialResolver finds the credentials for an image (registry.Resolver).
 type CredentialResolver interface {
 	Resolve(ctx context.Context, image, feed string, inline *registry.Credentials) (registry.Credentials, string, error)
+	Feed(name string) (registry.Feed, bool)
 }
 
 // ImagesConfig is the image part of the agent's configuration.

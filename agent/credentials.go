@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/registry"
@@ -26,4 +27,24 @@ func (a *Agent) credentials(ctx context.Context, c *pb.ContainerExecution) (regi
 		return registry.Credentials{}, "no credentials", nil
 	}
 	return a.cfg.Credentials.Resolve(ctx, c.GetImage(), c.GetFeed(), inline)
+}
+
+// checkFeed refuses a step naming a feed the agent does not have, or one
+// that does not serve the step's image's registry.
+func (a *Agent) checkFeed(c *pb.ContainerExecution) error {
+	name := c.GetFeed()
+	if name == "" {
+		return nil
+	}
+	if a.cfg.Credentials == nil {
+		return fmt.Errorf("execution.container.feed %q: %w: this agent has no feeds configured", name, registry.ErrUnknownFeed)
+	}
+	f, ok := a.cfg.Credentials.Feed(name)
+	if !ok {
+		return fmt.Errorf("execution.container.feed %q: %w", name, registry.ErrUnknownFeed)
+	}
+	if serves, err := f.Serves(c.GetImage()); err != nil || !serves {
+		return fmt.Errorf("execution.container.feed %q serves %s, not the registry of %s: %w", name, f.Registry, c.GetImage(), registry.ErrFeedMismatch)
+	}
+	return nil
 }

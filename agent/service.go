@@ -36,6 +36,9 @@ func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.St
 		if err := registry.CheckAllowed(a.cfg.Images.AllowedImages, c.GetImage()); err != nil {
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
+		if err := a.checkFeed(c); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
 	}
 	s, err := a.accept(req)
 	if err != nil {

@@ -66,9 +66,6 @@ func validateStart(req *pb.StartStepRequest) error {
 		if _, err := pullPolicy(c.GetPullPolicy()); err != nil {
 			bad("execution.container.pull_policy: %v", err)
 		}
-		if c.GetFeed() != "" {
-			bad("execution.container.feed %q: this agent has no feeds configured", c.GetFeed())
-		}
 	}
 	if req.GetTimeout().AsDuration() < 0 {
 		bad("timeout: negative")

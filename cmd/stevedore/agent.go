@@ -16,96 +16,78 @@ import (
 
 	"stevedore/agent"
 	"stevedore/executor"
+	"stevedore/internal/config"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 	"stevedore/transport"
 )
 
 func newAgentCommand() *cobra.Command {
 	var (
-		stateDir, listen, bundleDir, name, logLevel string
-		trust, labels                               []string
-		maxSteps                                    int
-		grace                                       time.Duration
+		configFile, stateDir, listen, bundleDir, name, logLevel string
+		trust, labels                                           []string
+		maxSteps                                                int
+		grace                                                   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the agent: accept steps from trusted servers and run them",
 		Long: `Runs the stevedore agent in listening mode: it serves the Agent gRPC service
 on --listen with mutual TLS, accepting only clients whose certificate
-thumbprint is given with --trust.`,
+thumbprint is trusted (--trust, or trust in the --config file).
+
+--config FILE is an HCL file with the same settings and more: feeds
+(registries and their credentials), allowed_images, pre-pulled images and
+the image cache's garbage collection. Flags given on the command line win
+over the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(logLevel), Output: cmd.ErrOrStderr()})
-			id, _, err := transport.LoadOrCreateIdentity(stateDir)
-			if err != nil {
-				return err
-			}
-			trustList, err := transport.NewTrustList(trust...)
-			if err != nil {
-				return err
-			}
-			if len(trust) == 0 {
-				return errors.New("no --trust thumbprint: nobody could connect; give the server's (`stevedore cert` prints it)")
-			}
-			if bundleDir == "" {
-				if bundleDir, err = executor.DefaultBundleDir(); err != nil {
+			cfg := config.Defaults()
+			if configFile != "" {
+				var err error
+				if cfg, err = config.Load(configFile); err != nil {
 					return err
 				}
 			}
-			bundle, err := executor.LoadBundle(bundleDir)
-			if err != nil {
-				return fmt.Errorf("tool bundle: %w (run `make build`, or give --bundle)", err)
+			flags := cmd.Flags()
+			if flags.Changed("state-dir") || cfg.StateDir == "" {
+				cfg.StateDir = stateDir
 			}
+			if flags.Changed("listen") {
+				cfg.Listen = listen
+			}
+			if flags.Changed("bundle") {
+				cfg.Bundle = bundleDir
+			}
+			if flags.Changed("max-steps") {
+				cfg.MaxSteps = maxSteps
+			}
+			if flags.Changed("cancel-grace") {
+				cfg.CancelGrace = grace
+			}
+			if flags.Changed("name") {
+				cfg.Name = name
+			}
+			cfg.Trust = append(cfg.Trust, trust...)
 			lbl, err := parseLabels(labels)
 			if err != nil {
 				return err
 			}
-			if name == "" {
-				name, _ = os.Hostname()
+			if cfg.Labels == nil {
+				cfg.Labels = map[string]string{}
 			}
-			a, err := agent.New(agent.Config{
-				StateDir: stateDir, Bundle: bundle, MaxSteps: maxSteps, DefaultGrace: grace,
-				MasterKey: os.Getenv("MASTER_KEY"), Name: name, Labels: lbl, Identity: id, Logger: log,
-			})
-			if err != nil {
-				return err
+			for k, v := range lbl {
+				cfg.Labels[k] = v
 			}
-			defer a.Close()
-			lis, err := transport.Listen(listen)
-			if err != nil {
-				return err
-			}
-			srv := grpc.NewServer(transport.ServerOptions(id, trustList, log.Named("transport"))...)
-			pb.RegisterAgentServer(srv, a)
-			log.Info("agent listening", "address", lis.Addr().String(), "thumbprint", id.Thumbprint,
-				"bundle", bundle.Dir, "max_steps", maxSteps, "trusted", len(trustList.List()))
-
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			errc := make(chan error, 1)
-			go func() { errc <- srv.Serve(lis) }()
-			select {
-			case err := <-errc:
-				return err
-			case <-ctx.Done():
-			}
-			// Running steps keep running (their runners are detached); a
-			// restarted agent follows them again.
-			log.Info("shutting down; running steps go on and are picked up on restart")
-			done := make(chan struct{})
-			go func() { srv.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				srv.Stop()
-			}
-			return nil
+			return serveAgent(cmd.Context(), cfg, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
 	f := cmd.Flags()
+	f.StringVar(&configFile, "config", envOr("STEVEDORE_CONFIG", ""), "HCL configuration file (env STEVEDORE_CONFIG)")
 	f.StringVar(&listen, "listen", ":10933", "address to serve the Agent service on")
-	f.StringArrayVar(&trust, "trust", nil, "thumbprint of a server allowed to connect (repeatable)")
+	f.StringArrayVar(&trust, "trust", nil, "thumbprint of a server allowed to connect (repeatable; adds to the file's)")
 	f.StringVar(&bundleDir, "bundle", "", "tool bundle directory (default: bundle/ beside this binary)")
 	f.IntVar(&maxSteps, "max-steps", 4, "steps that run at once; more wait in order")
 	f.DurationVar(&grace, "cancel-grace", 10*time.Second, "default time between TERM and KILL on cancel")
@@ -113,6 +95,106 @@ thumbprint is given with --trust.`,
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
 	f.StringVar(&logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
+}
+
+// serveAgent runs the agent described by cfg until SIGTERM or SIGINT.
+func serveAgent(ctx context.Context, cfg config.Agent, log hclog.Logger) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	id, _, err := transport.LoadOrCreateIdentity(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Trust) == 0 {
+		return errors.New("no trusted thumbprint: nobody could connect; give the server's with --trust (`stevedore cert` prints it)")
+	}
+	trustList, err := transport.NewTrustList(cfg.Trust...)
+	if err != nil {
+		return err
+	}
+	if cfg.Bundle == "" {
+		if cfg.Bundle, err = executor.DefaultBundleDir(); err != nil {
+			return err
+		}
+	}
+	bundle, err := executor.LoadBundle(cfg.Bundle)
+	if err != nil {
+		return fmt.Errorf("tool bundle: %w (run `make build`, or give --bundle)", err)
+	}
+	resolver, err := registry.NewResolver(cfg.Feeds, "")
+	if err != nil {
+		return err
+	}
+	images, err := agentImages(ctx, cfg.Images, resolver)
+	if err != nil {
+		return err
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	a, err := agent.New(agent.Config{
+		StateDir: cfg.StateDir, Bundle: bundle, MaxSteps: cfg.MaxSteps, DefaultGrace: cfg.CancelGrace,
+		MasterKey: os.Getenv("MASTER_KEY"), Name: cfg.Name, Pools: cfg.Pools, Labels: cfg.Labels, Identity: id, Logger: log,
+		Images: images, Credentials: resolver,
+	})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	lis, err := transport.Listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(transport.ServerOptions(id, trustList, log.Named("transport"))...)
+	pb.RegisterAgentServer(srv, a)
+	log.Info("agent listening", "address", lis.Addr().String(), "thumbprint", id.Thumbprint,
+		"bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "trusted", len(trustList.List()), "feeds", len(cfg.Feeds))
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// Running steps keep running (their runners are detached); a restarted
+	// agent follows them again.
+	log.Info("shutting down; running steps go on and are picked up on restart")
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+// agentImages turns the file's image settings into the agent's, resolving
+// the pre-pull images' credentials.
+func agentImages(ctx context.Context, im config.Images, resolver *registry.Resolver) (agent.ImagesConfig, error) {
+	out := agent.ImagesConfig{
+		AllowedImages: im.AllowedImages, PullTimeout: im.PullTimeout, StallTimeout: im.StallTimeout,
+		Retries: im.Retries, Refresh: im.Refresh, GCInterval: im.GC.Interval,
+		GC: registry.GCOptions{MinAge: im.GC.MinAge, MaxBytes: im.GC.MaxBytes, Keep: im.GC.Keep},
+	}
+	if im.Retries == 0 {
+		out.Retries = -1 // the file's 0 means none; the coordinator's 0 means its default
+	}
+	for _, p := range im.Prepull {
+		if err := registry.CheckAllowed(im.AllowedImages, p.Image); err != nil {
+			return out, fmt.Errorf("prepull %s: %w", p.Image, err)
+		}
+		creds, source, err := resolver.Resolve(ctx, p.Image, p.Feed, nil)
+		if err != nil {
+			return out, fmt.Errorf("prepull %s: %w", p.Image, err)
+		}
+		out.Prepull = append(out.Prepull, registry.PrepullImage{Image: p.Image, Credentials: creds, Source: source})
+	}
+	return out, nil
 }
 
 func parseLabels(kvs []string) (map[string]string, error) {

@@ -17,7 +17,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newCertCommand(), newAgentCommand(), newRunCommand(), newBundleCommand())
+	root.AddCommand(newVersionCommand(), newCertCommand(), newAgentCommand(), newRunCommand(), newPrepullCommand(), newBundleCommand())
 	return root
 }
 

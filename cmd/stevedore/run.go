@@ -98,28 +98,15 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	if err != nil {
 		return err
 	}
-	id, _, err := transport.LoadOrCreateIdentity(o.stateDir)
-	if err != nil {
-		return exitCodeError{exitCannotRun, err}
-	}
-	conn, err := transport.Dial(o.agentAddr, id, o.agentThumbprint)
-	if err != nil {
-		return exitCodeError{exitCannotRun, err}
-	}
-	defer conn.Close()
-	client := pb.NewAgentClient(conn)
 	ctx := cmd.Context()
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	// A first call with a short deadline: an agent that is down or does
-	// not trust us fails fast, before anything starts.
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	_, err = client.GetCapabilities(cctx, &pb.GetCapabilitiesRequest{})
-	cancel()
+	client, closeConn, err := dialAgent(ctx, o.stateDir, o.agentAddr, o.agentThumbprint)
 	if err != nil {
-		return exitCodeError{exitCannotRun, fmt.Errorf("agent %s unreachable or untrusted: %w", o.agentAddr, err)}
+		return exitCodeError{exitCannotRun, err}
 	}
+	defer closeConn()
 
 	stdout := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
 	stderr := bufio.NewWriterSize(cmd.ErrOrStderr(), 64<<10)
@@ -359,4 +346,26 @@ func (o *runOptions) request() (*pb.StartStepRequest, error) {
 		req.Execution = &pb.Execution{Target: &pb.Execution_Host{Host: &pb.HostExecution{}}}
 	}
 	return req, nil
+}
+
+// dialAgent connects to the agent at addr with the identity in stateDir,
+// pinning its thumbprint, and checks with one cheap call that the agent
+// answers and trusts us, so that a client fails fast before it starts anything.
+func dialAgent(ctx context.Context, stateDir, addr, thumbprint string) (pb.AgentClient, func(), error) {
+	id, _, err := transport.LoadOrCreateIdentity(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := transport.Dial(addr, id, thumbprint)
+	if err != nil {
+		return nil, nil, err
+	}
+	client := pb.NewAgentClient(conn)
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := client.GetCapabilities(cctx, &pb.GetCapabilitiesRequest{}); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("agent %s unreachable or untrusted: %w", addr, err)
+	}
+	return client, func() { conn.Close() }, nil
 }
