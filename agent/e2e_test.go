@@ -544,3 +544,25 @@ func TestMaxStepsQueuesInOrder(t *testing.T) {
 	ta.complete(t, first)
 	ta.complete(t, second)
 }
+
+func TestAllowedImagesRefusesBeforeAnyPull(t *testing.T) {
+	withImages(t, testenv.Bookworm)
+	ta := startAgent(t, func(c *agent.Config) {
+		c.Images.AllowedImages = []string{testenv.Registry + "/fixtures/bookworm:*"}
+	})
+	_, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: ticket(t), Script: bash("true"), Execution: inContainer(testenv.Musl)})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "allowed_images") {
+		t.Fatalf("err %v, want PermissionDenied naming allowed_images", err)
+	}
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("echo ok"), Execution: inContainer(testenv.Bookworm)})
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("an allowed image: %v %s", run.final.GetOutcome(), run.final.GetReason())
+	}
+	ta.complete(t, tk)
+	_, err = ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: ticket(t), Script: bash("true"),
+		Execution: &pb.Execution{Target: &pb.Execution_Container{Container: &pb.ContainerExecution{Image: testenv.Bookworm, Feed: "nope"}}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("an unknown feed: err %v, want InvalidArgument", err)
+	}
+}
