@@ -3,11 +3,14 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"stevedore/executor"
 	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 )
 
 // A step keeps running while the agent is down, and the next agent process
@@ -48,5 +51,46 @@ func TestStepSurvivesAgentRestart(t *testing.T) {
 			}
 			ta.complete(t, tk)
 		})
+	}
+}
+
+// What the agent learnt of an image (its record and its probe verdict)
+// outlives the agent process.
+func TestImageRecordsAndVerdictsSurviveRestart(t *testing.T) {
+	withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	tk := ticket(t)
+	req := &pb.StartStepRequest{Ticket: tk, Script: bash("true"), Execution: &pb.Execution{Target: &pb.Execution_Container{Container: &pb.ContainerExecution{
+		Image: testenv.Bookworm, PullPolicy: pb.PullPolicy_PULL_POLICY_ALWAYS,
+		Credentials: &pb.RegistryCredentials{Username: testenv.RegistryUser, Password: testenv.RegistryPassword}}}}}
+	run := ta.run(t, req)
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("%v %s", run.final.GetOutcome(), run.final.GetReason())
+	}
+	ta.complete(t, tk)
+	ta.stop()
+	store, err := registry.OpenStore(ta.stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imageID string
+	for _, r := range store.All() {
+		if slices.Contains(r.Refs, testenv.Bookworm) {
+			imageID = r.ImageID
+		}
+	}
+	bundle, _ := executor.LoadBundle(testenv.BundleDir(t))
+	_, hasVerdict := store.GetVerdict(imageID + "/" + bundle.Manifest.Requires.Key())
+	store.Close()
+	if imageID == "" || !hasVerdict {
+		t.Fatalf("after a restart: image record %q, verdict %v", imageID, hasVerdict)
+	}
+	ta.start()
+	caps, err := ta.client.GetCapabilities(context.Background(), &pb.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(caps.GetCachedImages()) == 0 || caps.GetCachedImages()[0].GetImageId() != imageID {
+		t.Errorf("cached images after restart: %v", caps.GetCachedImages())
 	}
 }

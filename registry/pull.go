@@ -237,10 +237,16 @@ func (c *Coordinator) attempt(p *pull, ref reference.Named, req Request, n int) 
 	}
 	defer rc.Close()
 	tracker := newProgressTracker(req.Image, n)
+	var logged time.Time
 	err = readPullStream(rc, func(m pullMessage) {
 		stall.Reset(c.opt.StallTimeout)
 		if pr, ok := tracker.update(m); ok {
 			c.broadcast(p, pr)
+			if time.Since(logged) > 5*time.Second {
+				logged = time.Now()
+				c.log.Debug("pull progress", "image_ref", ref.String(), "layers_done", pr.LayersDone, "layers", pr.LayersTotal,
+					"bytes_done", pr.BytesDone, "bytes", pr.BytesTotal, "attempt", n)
+			}
 		}
 	})
 	return stallCause(ctx, err)
