@@ -149,7 +149,7 @@ type stepRun struct {
 
 // follow reads the step's log until it is complete and returns everything,
 // checking that sequences arrive gapless and in order.
-func (ta *testAgent) follow(t *testing.T, ticket string) *stepRun {
+func (ta *testAgent) follow(t testing.TB, ticket string) *stepRun {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -183,7 +183,7 @@ func (ta *testAgent) follow(t *testing.T, ticket string) *stepRun {
 }
 
 // run starts req and follows it to the end.
-func (ta *testAgent) run(t *testing.T, req *pb.StartStepRequest) *stepRun {
+func (ta *testAgent) run(t testing.TB, req *pb.StartStepRequest) *stepRun {
 	t.Helper()
 	if _, err := ta.client.StartStep(context.Background(), req); err != nil {
 		t.Fatalf("StartStep: %v", err)
@@ -192,7 +192,7 @@ func (ta *testAgent) run(t *testing.T, req *pb.StartStepRequest) *stepRun {
 }
 
 // complete calls CompleteStep until every line is delivered.
-func (ta *testAgent) complete(t *testing.T, ticket string) {
+func (ta *testAgent) complete(t testing.TB, ticket string) {
 	t.Helper()
 	if _, err := ta.client.CompleteStep(context.Background(), &pb.CompleteStepRequest{Ticket: ticket, AfterSequence: ^uint64(0) >> 1}); err != nil {
 		t.Fatalf("CompleteStep(%s): %v", ticket, err)
