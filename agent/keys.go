@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -13,14 +11,24 @@ import (
 	"strings"
 
 	"stevedore/internal/fsutil"
+	"stevedore/internal/seal"
 )
 
 // masterKeyFile holds a generated master key when MASTER_KEY is not set.
 const masterKeyFile = "master.key"
 
-// sealer encrypts sensitive values at rest with the agent's master key
-// (AES-GCM, a fresh nonce per value).
-type sealer struct{ aead cipher.AEAD }
+// sealer encrypts sensitive values at rest with the agent's master key.
+type sealer struct{ *seal.Box }
+
+func (s *sealer) seal(plain []byte) ([]byte, error) { return s.Seal(plain) }
+
+func (s *sealer) open(sealed []byte) ([]byte, error) {
+	plain, err := s.Open(sealed)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt with the master key (was MASTER_KEY changed?): %w", err)
+	}
+	return plain, nil
+}
 
 // loadMasterKey returns the key from env (base64 of 16 bytes, as MASTER_KEY
 // is given) or from the key file in stateDir, generating that file (0600)
@@ -55,33 +63,9 @@ func loadMasterKey(env, stateDir string) (*sealer, error) {
 			return nil, fmt.Errorf("master key: %w", err)
 		}
 	}
-	block, err := aes.NewCipher(key)
+	box, err := seal.New(key)
 	if err != nil {
 		return nil, fmt.Errorf("master key: %w", err)
 	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("master key: %w", err)
-	}
-	return &sealer{aead: aead}, nil
-}
-
-func (s *sealer) seal(plain []byte) ([]byte, error) {
-	nonce := make([]byte, s.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
-	}
-	return s.aead.Seal(nonce, nonce, plain, nil), nil
-}
-
-func (s *sealer) open(sealed []byte) ([]byte, error) {
-	n := s.aead.NonceSize()
-	if len(sealed) < n {
-		return nil, errors.New("sealed value too short")
-	}
-	plain, err := s.aead.Open(nil, sealed[:n], sealed[n:], nil)
-	if err != nil {
-		return nil, fmt.Errorf("decrypt with the master key (was MASTER_KEY changed?): %w", err)
-	}
-	return plain, nil
+	return &sealer{box}, nil
 }
