@@ -311,3 +311,19 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestProgressLine(t *testing.T) {
+	tests := []struct {
+		p    Progress
+		want string
+	}{
+		{Progress{Image: "img", LayersDone: 1, LayersTotal: 3, BytesDone: 41_200_000, BytesTotal: 120_000_000}, "pulling img: 1/3 layers, 41.2 MB of 120.0 MB"},
+		{Progress{Image: "img", LayersTotal: 1, BytesDone: 500, BytesTotal: 1000, ETA: 90 * time.Second}, "pulling img: 0/1 layers, 500 B of 1.0 kB, about 1m30s left"},
+		{Progress{Image: "img", Message: "attempt 1 failed; retrying in 1s"}, "pulling img: attempt 1 failed; retrying in 1s"},
+	}
+	for _, tt := range tests {
+		if got := tt.p.String(); got != tt.want {
+			t.Errorf("%q, want %q", got, tt.want)
+		}
+	}
+}

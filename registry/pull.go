@@ -26,6 +26,8 @@ type Progress struct {
 	BytesDone   int64
 	BytesTotal  int64
 	Attempt     int
+	// ETA estimates the time left from the rate so far; zero when unknown.
+	ETA time.Duration
 	// Message is a human line for anything that is not byte progress
 	// ("retrying in 2s: …").
 	Message string
@@ -36,7 +38,11 @@ func (p Progress) String() string {
 	if p.Message != "" {
 		return fmt.Sprintf("pulling %s: %s", p.Image, p.Message)
 	}
-	return fmt.Sprintf("pulling %s: %d/%d layers, %s of %s", p.Image, p.LayersDone, p.LayersTotal, HumanBytes(p.BytesDone), HumanBytes(p.BytesTotal))
+	line := fmt.Sprintf("pulling %s: %d/%d layers, %s of %s", p.Image, p.LayersDone, p.LayersTotal, HumanBytes(p.BytesDone), HumanBytes(p.BytesTotal))
+	if p.ETA > 0 {
+		line += fmt.Sprintf(", about %s left", p.ETA.Round(time.Second))
+	}
+	return line
 }
 
 // pull is one shared pull of a reference with one set of credentials.
@@ -298,12 +304,13 @@ type progressTracker struct {
 	mu      sync.Mutex
 	image   string
 	attempt int
+	start   time.Time
 	layers  map[string]*[2]int64
 	done    map[string]bool
 }
 
 func newProgressTracker(img string, attempt int) *progressTracker {
-	return &progressTracker{image: img, attempt: attempt, layers: map[string]*[2]int64{}, done: map[string]bool{}}
+	return &progressTracker{image: img, attempt: attempt, start: time.Now(), layers: map[string]*[2]int64{}, done: map[string]bool{}}
 }
 
 func (t *progressTracker) update(m pullMessage) (Progress, bool) {
@@ -332,6 +339,9 @@ func (t *progressTracker) update(m pullMessage) (Progress, bool) {
 	for _, l := range t.layers {
 		pr.BytesDone += l[0]
 		pr.BytesTotal += l[1]
+	}
+	if elapsed := time.Since(t.start); pr.BytesDone > 0 && pr.BytesTotal > pr.BytesDone && elapsed > time.Second {
+		pr.ETA = time.Duration(float64(elapsed) * float64(pr.BytesTotal-pr.BytesDone) / float64(pr.BytesDone))
 	}
 	return pr, true
 }
