@@ -8,6 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -56,17 +59,79 @@ func Access(ctx context.Context, ref string, creds Credentials) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("%w %q: %w", ErrInvalidReference, ref, err)
 	}
-	desc, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuth(creds.authenticator()))
+	rt := &retryAfterTransport{base: remote.DefaultTransport}
+	// One try: the coordinator owns retries and their backoff.
+	desc, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuth(creds.authenticator()), remote.WithTransport(rt),
+		remote.WithRetryBackoff(remote.Backoff{Steps: 1}))
 	if err != nil {
-		return "", classify(r, err)
+		return "", classify(r, err, rt.after())
 	}
 	return desc.Digest.String(), nil
 }
 
-func classify(r name.Reference, err error) error {
+// RateLimitedError is a registry's 429: transient, to be retried no sooner
+// than RetryAfter (zero when the registry did not say).
+type RateLimitedError struct {
+	Registry   string
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *RateLimitedError) Error() string {
+	if e.RetryAfter > 0 {
+		return fmt.Sprintf("registry %s is rate limiting (retry after %s): %v", e.Registry, e.RetryAfter, e.Err)
+	}
+	return fmt.Sprintf("registry %s is rate limiting: %v", e.Registry, e.Err)
+}
+
+func (e *RateLimitedError) Unwrap() error { return e.Err }
+
+// retryAfterTransport remembers the Retry-After of a 429 answer, which the
+// registry client's errors do not carry.
+type retryAfterTransport struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	wait time.Duration
+}
+
+func (t *retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			t.mu.Lock()
+			t.wait = d
+			t.mu.Unlock()
+		}
+	}
+	return resp, err
+}
+
+func (t *retryAfterTransport) after() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.wait
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP date (RFC 9110).
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
+		return time.Duration(secs) * time.Second, true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return max(at.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+func classify(r name.Reference, err error, retryAfter time.Duration) error {
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		switch terr.StatusCode {
+		case http.StatusTooManyRequests:
+			return &RateLimitedError{Registry: r.Context().RegistryStr(), RetryAfter: retryAfter, Err: err}
 		case http.StatusUnauthorized, http.StatusForbidden:
 			return fmt.Errorf("%w for %s at %s: %w", ErrUnauthorized, r, r.Context().RegistryStr(), err)
 		case http.StatusNotFound:

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -324,6 +326,63 @@ func TestProgressLine(t *testing.T) {
 	for _, tt := range tests {
 		if got := tt.p.String(); got != tt.want {
 			t.Errorf("%q, want %q", got, tt.want)
+		}
+	}
+}
+
+// A registry answering 429 with Retry-After is retried no sooner than it asks.
+func TestRateLimitedPullWaitsRetryAfter(t *testing.T) {
+	var heads atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		if heads.Add(1) == 1 {
+			w.Header().Set("Retry-After", "2")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	img := strings.TrimPrefix(srv.URL, "http://") + "/test/limited:1"
+	eng := newFakeEngine()
+	eng.pull = func(ctx context.Context, _ string) (io.ReadCloser, error) {
+		if eng.pulls.Load() == 1 {
+			return nil, errors.New("toomanyrequests") // as the engine reports it: no class
+		}
+		done := make(chan struct{})
+		close(done)
+		return stream(ctx, done), nil
+	}
+	c := newTestCoordinator(t, eng, func(o *Options) { o.Backoff = 10 * time.Millisecond })
+	start := time.Now()
+	l, err := c.Ensure(context.Background(), Request{Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Release()
+	if took := time.Since(start); took < 2*time.Second || eng.pulls.Load() != 2 {
+		t.Errorf("retried after %s with %d pulls; the registry asked for 2s", took, eng.pulls.Load())
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"3", 3 * time.Second, true},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{"", 0, false},
+		{"soon", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := parseRetryAfter(tt.in, now)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseRetryAfter(%q) = %s %v", tt.in, got, ok)
 		}
 	}
 }

@@ -189,6 +189,10 @@ func (c *Coordinator) runPull(p *pull, ref reference.Named, req Request) {
 		}
 		wait := backoff/2 + rand.N(backoff)
 		backoff = min(backoff*2, 30*time.Second)
+		var limited *RateLimitedError
+		if errors.As(err, &limited) && limited.RetryAfter > wait {
+			wait = limited.RetryAfter // the registry said when; sooner is wasted
+		}
 		log.Info("pull failed; retrying", "attempt", attempt, "in", wait, "error", err)
 		c.broadcast(p, Progress{Image: req.Image, Attempt: attempt, Message: fmt.Sprintf("attempt %d failed (%v); retrying in %s", attempt, err, wait.Round(100*time.Millisecond))})
 		select {
@@ -212,7 +216,9 @@ func (c *Coordinator) classify(ctx context.Context, ref reference.Named, req Req
 	}
 	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if _, aerr := Access(actx, ref.String(), req.Credentials); permanent(aerr) {
+	_, aerr := Access(actx, ref.String(), req.Credentials)
+	var limited *RateLimitedError
+	if permanent(aerr) || errors.As(aerr, &limited) {
 		return fmt.Errorf("%s (with %s): %w", ref, sourceOr(req.Source), aerr)
 	}
 	return fmt.Errorf("%s (with %s): %w", ref, sourceOr(req.Source), err)
