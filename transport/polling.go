@@ -28,7 +28,7 @@ const (
 	DefaultMinBackoff = time.Second
 	DefaultMaxBackoff = 60 * time.Second
 	// healthyFor: a connection that lived this long resets the backoff.
-	healthyFor = time.Minute
+	healthyFor  = time.Minute
 	dialTimeout = 20 * time.Second
 )
 
