@@ -25,16 +25,20 @@ import (
 func newAgentCommand() *cobra.Command {
 	var (
 		configFile, stateDir, listen, bundleDir, name, logLevel string
-		trust, labels                                           []string
+		server, serverThumbprint                                string
+		trust, labels, pools                                    []string
 		maxSteps                                                int
 		grace                                                   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the agent: accept steps from trusted servers and run them",
-		Long: `Runs the stevedore agent in listening mode: it serves the Agent gRPC service
+		Long: `Runs the stevedore agent. In listening mode it serves the Agent gRPC service
 on --listen with mutual TLS, accepting only clients whose certificate
-thumbprint is trusted (--trust, or trust in the --config file).
+thumbprint is trusted (--trust, or trust in the --config file). In polling
+mode (--server ADDR --server-thumbprint T) it dials the server instead, for
+workers behind NAT or firewalls, and serves the same service over the
+connection it dialed, redialing with jittered backoff (1 s to 60 s).
 
 --config FILE is an HCL file with the same settings and more: feeds
 (registries and their credentials), allowed_images, pre-pulled images and
@@ -70,6 +74,7 @@ over the file.`,
 				cfg.Name = name
 			}
 			cfg.Trust = append(cfg.Trust, trust...)
+			cfg.Pools = append(cfg.Pools, pools...)
 			lbl, err := parseLabels(labels)
 			if err != nil {
 				return err
@@ -80,7 +85,7 @@ over the file.`,
 			for k, v := range lbl {
 				cfg.Labels[k] = v
 			}
-			return serveAgent(cmd.Context(), cfg, log)
+			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint}, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
@@ -93,12 +98,18 @@ over the file.`,
 	f.DurationVar(&grace, "cancel-grace", 10*time.Second, "default time between TERM and KILL on cancel")
 	f.StringVar(&name, "name", "", "this worker's name (default: the host name)")
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
+	f.StringVar(&server, "server", "", "polling mode: the server's polling address (host:10943)")
+	f.StringVar(&serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
+	f.StringArrayVar(&pools, "pool", nil, "a pool this worker belongs to (repeatable)")
 	f.StringVar(&logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
 }
 
+// polling is the server a polling agent dials; empty addr: listening mode.
+type polling struct{ addr, thumbprint string }
+
 // serveAgent runs the agent described by cfg until SIGTERM or SIGINT.
-func serveAgent(ctx context.Context, cfg config.Agent, log hclog.Logger) error {
+func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.Logger) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -106,8 +117,11 @@ func serveAgent(ctx context.Context, cfg config.Agent, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Trust) == 0 {
-		return errors.New("no trusted thumbprint: nobody could connect; give the server's with --trust (`stevedore cert` prints it)")
+	if poll.addr != "" {
+		cfg.Trust = []string{poll.thumbprint}
+	}
+	if len(cfg.Trust) == 0 || (poll.addr != "" && poll.thumbprint == "") {
+		return errors.New("no trusted thumbprint: nobody could connect; give the server's with --trust, or --server-thumbprint in polling mode (`stevedore cert` prints it)")
 	}
 	trustList, err := transport.NewTrustList(cfg.Trust...)
 	if err != nil {
@@ -142,22 +156,33 @@ func serveAgent(ctx context.Context, cfg config.Agent, log hclog.Logger) error {
 		return err
 	}
 	defer a.Close()
-	lis, err := transport.Listen(cfg.Listen)
-	if err != nil {
-		return err
-	}
-	srv := grpc.NewServer(transport.ServerOptions(id, trustList, log.Named("transport"))...)
-	pb.RegisterAgentServer(srv, a)
-	log.Info("agent listening", "address", lis.Addr().String(), "thumbprint", id.Thumbprint,
-		"bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "trusted", len(trustList.List()), "feeds", len(cfg.Feeds))
-
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
+	var srv *grpc.Server
+	if poll.addr != "" {
+		// The same service, served over the connection the agent dials.
+		srv = grpc.NewServer(transport.PollingServerOptions()...)
+		pb.RegisterAgentServer(srv, a)
+		p := &transport.Poller{Addr: poll.addr, Identity: id, Server: trustList, Log: log.Named("polling")}
+		log.Info("agent polling", "server", poll.addr, "thumbprint", id.Thumbprint, "bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "pools", cfg.Pools)
+		go func() { errc <- p.Run(ctx, srv) }()
+	} else {
+		lis, err := transport.Listen(cfg.Listen)
+		if err != nil {
+			return err
+		}
+		srv = grpc.NewServer(transport.ServerOptions(id, trustList, log.Named("transport"))...)
+		pb.RegisterAgentServer(srv, a)
+		log.Info("agent listening", "address", lis.Addr().String(), "thumbprint", id.Thumbprint,
+			"bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "trusted", len(trustList.List()), "feeds", len(cfg.Feeds))
+		go func() { errc <- srv.Serve(lis) }()
+	}
 	select {
 	case err := <-errc:
-		return err
+		if ctx.Err() == nil {
+			return err
+		}
 	case <-ctx.Done():
 	}
 	// Running steps keep running (their runners are detached); a restarted
