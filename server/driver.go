@@ -1,0 +1,283 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "stevedore/proto/stevedore/v1"
+)
+
+// dispatchLoop gives queued steps, oldest first, to connected workers with
+// a free slot; it runs whenever a step is queued or ends, or a worker
+// connects.
+func (s *Server) dispatchLoop() {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick.C:
+		}
+		s.dispatch()
+	}
+}
+
+func (s *Server) dispatch() {
+	for _, rec := range s.Steps() {
+		if rec.State != StateQueued {
+			continue
+		}
+		w := s.pick(rec)
+		if w == nil {
+			continue
+		}
+		rec.State, rec.Assigned, rec.StartedAt = StateRunning, w.rec.Name, time.Now().UTC()
+		if err := s.putStep(rec); err != nil {
+			s.log.Error("cannot record a dispatch", "step", rec.ID, "error", err)
+			w.mu.Lock()
+			w.inflight--
+			w.mu.Unlock()
+			continue
+		}
+		s.log.Info("step dispatched", "step", rec.ID, "worker", w.rec.Name)
+		go s.drive(rec)
+	}
+}
+
+// pick reserves a slot on the least busy connected worker serving rec;
+// a worker never gets more steps than its slots.
+func (s *Server) pick(rec StepRecord) *worker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var best *worker
+	bestLoad := 0
+	for _, w := range s.workers {
+		if !w.serves(rec.Worker, rec.Pool) {
+			continue
+		}
+		w.mu.Lock()
+		free := w.client != nil && w.inflight < w.slots
+		load := w.inflight
+		w.mu.Unlock()
+		if free && (best == nil || load < bestLoad) {
+			best, bestLoad = w, load
+		}
+	}
+	if best != nil {
+		best.mu.Lock()
+		best.inflight++
+		best.mu.Unlock()
+	}
+	return best
+}
+
+// drive runs a dispatched step on its worker to the end: StartStep (by
+// ticket, so repeating it never runs the step twice), GetStatus from the
+// cursor, each batch stored in the task log before the cursor moves, then
+// artifacts and CompleteStep. A lost connection waits for the worker's next.
+func (s *Server) drive(rec StepRecord) {
+	log := s.log.With("step", rec.ID, "worker", rec.Assigned)
+	s.mu.Lock()
+	w := s.workers[rec.Assigned]
+	s.mu.Unlock()
+	defer func() {
+		if w != nil {
+			w.mu.Lock()
+			w.inflight--
+			w.mu.Unlock()
+		}
+		s.kick()
+	}()
+	if w == nil {
+		s.finish(rec, nil, "AGENT_ERROR", "the assigned worker is unknown to this server")
+		return
+	}
+	plain, err := s.keys.Open(rec.Sealed)
+	if err != nil {
+		s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request cannot be opened: %v", err))
+		return
+	}
+	req := &pb.StartStepRequest{}
+	if err := proto.Unmarshal(plain, req); err != nil {
+		s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request is unreadable: %v", err))
+		return
+	}
+	tl, err := openTaskLog(s.TaskLogPath(rec.ID))
+	if err != nil {
+		s.finish(rec, nil, "AGENT_ERROR", err.Error())
+		return
+	}
+	// The file is the truth: lines stored before a crash moved the cursor
+	// are not asked for again.
+	rec.Cursor = max(rec.Cursor, tl.last)
+	started := false
+	for s.ctx.Err() == nil {
+		client, done, err := w.waitClient(s.ctx)
+		if err != nil {
+			return
+		}
+		if !started {
+			if _, err := client.StartStep(s.ctx, req); err != nil {
+				if retryable(err) {
+					s.pause(done)
+					continue
+				}
+				s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the worker refused the step: %v", err))
+				return
+			}
+			started = true
+		}
+		st, err := client.GetStatus(s.ctx, &pb.GetStatusRequest{Ticket: rec.ID, AfterSequence: rec.Cursor, Wait: durationpb.New(30 * time.Second)})
+		if err != nil {
+			if status.Code(err) == codes.NotFound {
+				s.finish(rec, nil, "LOST", "the worker no longer knows the step")
+				return
+			}
+			if retryable(err) {
+				log.Debug("lost the worker mid-step; waiting for its next connection", "error", err)
+				s.pause(done)
+				continue
+			}
+			s.finish(rec, nil, "AGENT_ERROR", err.Error())
+			return
+		}
+		if rec, err = s.store(tl, rec, st.GetLines()); err != nil {
+			log.Error("cannot store the step's log", "error", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE && rec.Cursor+1 >= st.GetNextSequence() {
+			s.complete(client, tl, rec, st)
+			return
+		}
+	}
+}
+
+// pause waits a moment for a failing connection to be noticed as gone.
+func (s *Server) pause(done <-chan struct{}) {
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	case <-s.ctx.Done():
+	}
+}
+
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded, codes.Unknown:
+		return true
+	}
+	return false
+}
+
+// store appends lines to the task log and then moves the cursor.
+func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRecord, error) {
+	if len(lines) == 0 {
+		return rec, nil
+	}
+	last, err := tl.append(lines)
+	if err != nil {
+		return rec, err
+	}
+	if last != rec.Cursor {
+		rec.Cursor = last
+		if err := s.putStep(rec); err != nil {
+			return rec, err
+		}
+	}
+	return rec, nil
+}
+
+// complete downloads the artifacts, completes the step on the worker and
+// records its end.
+func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus) {
+	dir := filepath.Join(s.cfg.DataDir, ArtifactsDir, rec.ID)
+	rec.OutputVariables = map[string]string{}
+	for _, v := range st.GetOutputVariables() {
+		rec.OutputVariables[v.GetName()] = v.GetValue()
+	}
+	rec.Artifacts = nil
+	for _, a := range st.GetArtifacts() {
+		art, err := s.download(client, rec.ID, a, dir)
+		if err != nil {
+			s.log.Warn("artifact not downloaded", "step", rec.ID, "artifact", a.GetName(), "error", err)
+			continue
+		}
+		rec.Artifacts = append(rec.Artifacts, art)
+	}
+	for {
+		done, err := client.CompleteStep(s.ctx, &pb.CompleteStepRequest{Ticket: rec.ID, AfterSequence: rec.Cursor})
+		if err != nil {
+			s.log.Warn("CompleteStep failed; the worker will clean up by retention", "step", rec.ID, "error", err)
+			break
+		}
+		var serr error
+		if rec, serr = s.store(tl, rec, done.GetLines()); serr != nil || len(done.GetLines()) == 0 || rec.Cursor+1 >= done.GetNextSequence() {
+			break
+		}
+	}
+	rec.ExitCode, rec.Signal = st.ExitCode, st.GetSignal()
+	s.finish(rec, rec.ExitCode, strings.TrimPrefix(st.GetOutcome().String(), "OUTCOME_"), st.GetReason())
+}
+
+func (s *Server) finish(rec StepRecord, code *int32, outcome, reason string) {
+	rec.State, rec.Outcome, rec.ExitCode, rec.Reason, rec.FinishedAt = StateComplete, outcome, code, reason, time.Now().UTC()
+	if err := s.putStep(rec); err != nil {
+		s.log.Error("cannot record the step's end", "step", rec.ID, "error", err)
+	}
+	s.log.Info("step complete", "step", rec.ID, "outcome", outcome, "reason", reason)
+}
+
+func (s *Server) download(client pb.AgentClient, id string, a *pb.Artifact, dir string) (Artifact, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Artifact{}, err
+	}
+	name := filepath.Base(filepath.Clean("/" + a.GetName()))
+	path := filepath.Join(dir, name)
+	stream, err := client.DownloadFile(s.ctx, &pb.DownloadFileRequest{Ticket: id, Path: a.GetPath()})
+	if err != nil {
+		return Artifact{}, err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return Artifact{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var n int64
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return Artifact{}, err
+		}
+		if d := msg.GetData(); d != nil {
+			h.Write(d)
+			if _, err := f.Write(d); err != nil {
+				return Artifact{}, err
+			}
+			n += int64(len(d))
+		}
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if sum != a.GetSha256() || n != a.GetSizeBytes() {
+		return Artifact{}, fmt.Errorf("downloaded %d bytes with SHA-256 %s, want %d with %s", n, sum, a.GetSizeBytes(), a.GetSha256())
+	}
+	return Artifact{Name: a.GetName(), Path: a.GetPath(), File: path, Size: n, SHA256: sum}, f.Sync()
+}

@@ -1,0 +1,385 @@
+// Package server is stevedore's reference server: it admits polling
+// workers by thumbprint, queues steps durably, dispatches them to workers
+// with free slots, and drives each step on its worker, storing every log
+// line in a task log before it moves the step's cursor, so that a restarted
+// server resumes every step with no line lost and none twice.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"stevedore/internal/seal"
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// Directories under the data dir; the server's container image mounts the
+// first two at /taskLogs and /artifacts.
+const (
+	TaskLogsDir  = "taskLogs"
+	ArtifactsDir = "artifacts"
+	dbFile       = "server.db"
+)
+
+var (
+	stepsBucket   = []byte("steps")
+	workersBucket = []byte("workers")
+)
+
+// Step states on the server.
+const (
+	StateQueued   = "queued"
+	StateRunning  = "running"
+	StateComplete = "complete"
+)
+
+// Errors of Submit; test with errors.Is.
+var (
+	ErrNoTarget      = errors.New("a step needs a worker or a pool")
+	ErrUnknownWorker = errors.New("unknown worker")
+	ErrUnknownStep   = errors.New("unknown step")
+)
+
+// StepRecord is the server's durable record of a step.
+type StepRecord struct {
+	ID     string `json:"id"`
+	Worker string `json:"worker,omitempty"` // asked for
+	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
+	// Sealed is the StartStepRequest, encrypted with the master key: it
+	// may hold sensitive values and registry passwords.
+	Sealed   []byte `json:"sealed"`
+	State    string `json:"state"`
+	Assigned string `json:"assigned,omitempty"` // the worker running it
+	// Cursor is the last sequence stored in the task log.
+	Cursor          uint64            `json:"cursor"`
+	Outcome         string            `json:"outcome,omitempty"`
+	ExitCode        *int32            `json:"exit_code,omitempty"`
+	Signal          string            `json:"signal,omitempty"`
+	Reason          string            `json:"reason,omitempty"`
+	OutputVariables map[string]string `json:"output_variables,omitempty"`
+	Artifacts       []Artifact        `json:"artifacts,omitempty"`
+	CreatedAt       time.Time         `json:"created_at"`
+	StartedAt       time.Time         `json:"started_at,omitzero"`
+	FinishedAt      time.Time         `json:"finished_at,omitzero"`
+}
+
+// Artifact is a step's artifact, downloaded into the artifacts directory.
+type Artifact struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	File   string `json:"file"`
+	Size   int64  `json:"size_bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// WorkerRecord is a worker the server knows.
+type WorkerRecord struct {
+	Name       string            `json:"name"`
+	Thumbprint string            `json:"thumbprint"`
+	Pools      []string          `json:"pools,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// Config configures a Server.
+type Config struct {
+	DataDir  string
+	Identity *transport.Identity
+	// Trust admits polling agents by thumbprint.
+	Trust     *transport.TrustList
+	MasterKey string
+	Logger    hclog.Logger
+}
+
+// Server is the reference server.
+type Server struct {
+	cfg  Config
+	log  hclog.Logger
+	db   *bolt.DB
+	keys *seal.Box
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wake   chan struct{}
+
+	mu      sync.Mutex
+	workers map[string]*worker // by name
+	changed map[string]chan struct{}
+	conns   map[*transport.PollingConn]bool
+}
+
+// New opens the server's state and resumes the steps that were running.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, TaskLogsDir), filepath.Join(cfg.DataDir, ArtifactsDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+	}
+	keys, err := seal.LoadMasterKey(cfg.MasterKey, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(filepath.Join(cfg.DataDir, dbFile), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{stepsBucket, workersBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
+		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{},
+		conns: map[*transport.PollingConn]bool{}}
+	var workers []WorkerRecord
+	if err := s.each(workersBucket, func(v []byte) error {
+		var w WorkerRecord
+		if err := json.Unmarshal(v, &w); err != nil {
+			return err
+		}
+		workers = append(workers, w)
+		return nil
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	for _, w := range workers {
+		s.workers[w.Name] = newWorker(w)
+	}
+	// Steps that were running are driven on from their cursors.
+	for _, rec := range s.Steps() {
+		if rec.State == StateRunning {
+			if w := s.workers[rec.Assigned]; w != nil {
+				w.inflight++
+			}
+			go s.drive(rec)
+		}
+	}
+	go s.dispatchLoop()
+	return s, nil
+}
+
+// Close stops the server's work; steps go on on their workers and are
+// resumed by the next server process.
+func (s *Server) Close() error {
+	s.cancel()
+	s.mu.Lock()
+	for pc := range s.conns {
+		pc.Client.Close()
+	}
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// ServePolling accepts polling agents on lis until it is closed.
+func (s *Server) ServePolling(lis net.Listener) error {
+	for {
+		raw, err := lis.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			pc, err := transport.AcceptPolling(s.ctx, raw, s.cfg.Identity, s.cfg.Trust, s.log.Named("polling"))
+			if err != nil {
+				s.log.Debug("polling connection refused", "remote", raw.RemoteAddr().String(), "error", err)
+				return
+			}
+			s.mu.Lock()
+			if s.ctx.Err() != nil {
+				s.mu.Unlock()
+				pc.Client.Close()
+				return
+			}
+			s.conns[pc] = true
+			s.mu.Unlock()
+			go func() {
+				<-pc.Done
+				s.mu.Lock()
+				delete(s.conns, pc)
+				s.mu.Unlock()
+			}()
+			s.admit(pc)
+		}()
+	}
+}
+
+// SubmitRequest asks for a step to run on a worker or in a pool.
+type SubmitRequest struct {
+	Worker string
+	Pool   string
+	Step   *pb.StartStepRequest
+}
+
+// Submit records a step durably and queues it. The step's ticket on the
+// agent is its ID.
+func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
+	if req.Worker == "" && req.Pool == "" {
+		return StepRecord{}, ErrNoTarget
+	}
+	id := newID()
+	step := proto.Clone(req.Step).(*pb.StartStepRequest)
+	step.Ticket = id
+	plain, err := proto.Marshal(step)
+	if err != nil {
+		return StepRecord{}, err
+	}
+	sealed, err := s.keys.Seal(plain)
+	if err != nil {
+		return StepRecord{}, err
+	}
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
+	if err := s.putStep(rec); err != nil {
+		return StepRecord{}, err
+	}
+	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool)
+	s.kick()
+	return rec, nil
+}
+
+// newID is time-ordered (the queue's order) and unique.
+func newID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return fmt.Sprintf("s%016x%s", time.Now().UnixNano(), hex.EncodeToString(b))
+}
+
+// Step returns the record of id.
+func (s *Server) Step(id string) (StepRecord, bool) {
+	var rec StepRecord
+	found := false
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(stepsBucket).Get([]byte(id)); v != nil {
+			found = json.Unmarshal(v, &rec) == nil
+		}
+		return nil
+	})
+	return rec, found
+}
+
+// Steps returns every step, oldest first.
+func (s *Server) Steps() []StepRecord {
+	var out []StepRecord
+	s.each(stepsBucket, func(v []byte) error {
+		var rec StepRecord
+		if json.Unmarshal(v, &rec) == nil {
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out
+}
+
+// TaskLogPath is the task log file of a step.
+func (s *Server) TaskLogPath(id string) string {
+	return filepath.Join(s.cfg.DataDir, TaskLogsDir, id+".log")
+}
+
+// Log returns up to max task log lines of step id after sequence after,
+// waiting up to wait for one to arrive or the step to complete.
+func (s *Server) Log(ctx context.Context, id string, after uint64, max int, wait time.Duration) ([]LogEntry, StepRecord, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		ch := s.changes(id)
+		rec, ok := s.Step(id)
+		if !ok {
+			return nil, rec, fmt.Errorf("%w: %s", ErrUnknownStep, id)
+		}
+		lines, err := readTaskLog(s.TaskLogPath(id), after, max)
+		if err != nil || len(lines) > 0 || rec.State == StateComplete || time.Now().After(deadline) {
+			return lines, rec, err
+		}
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, rec, ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// changes returns a channel closed at the next change of step id.
+func (s *Server) changes(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.changed[id]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.changed[id] = ch
+	}
+	return ch
+}
+
+func (s *Server) notify(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch := s.changed[id]; ch != nil {
+		close(ch)
+		delete(s.changed, id)
+	}
+}
+
+func (s *Server) putStep(rec StepRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(stepsBucket).Put([]byte(rec.ID), b) })
+	s.notify(rec.ID)
+	return err
+}
+
+func (s *Server) each(bucket []byte, f func([]byte) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error { return f(v) })
+	})
+}
+
+// Workers lists the workers, by name.
+func (s *Server) Workers() []WorkerStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]WorkerStatus, 0, len(s.workers))
+	for _, w := range s.workers {
+		out = append(out, w.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (s *Server) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	pb "stevedore/proto/stevedore/v1"
+)
+
+// LogEntry is one line of a step's task log: a JSON object per line, the
+// text as a string when it is UTF-8 and as base64 (Bytes) when it is not,
+// so that nothing is lost and the file stays readable.
+type LogEntry struct {
+	Sequence uint64    `json:"seq"`
+	Source   string    `json:"source"` // stdout, stderr, agent
+	Time     time.Time `json:"time"`
+	Text     string    `json:"text,omitempty"`
+	Bytes    []byte    `json:"bytes,omitempty"`
+	Partial  bool      `json:"partial,omitempty"`
+}
+
+// Content is the line's bytes.
+func (e LogEntry) Content() []byte {
+	if e.Bytes != nil {
+		return e.Bytes
+	}
+	return []byte(e.Text)
+}
+
+func entryOf(l *pb.LogLine) LogEntry {
+	e := LogEntry{Sequence: l.GetSequence(), Time: l.GetTime().AsTime(), Partial: l.GetPartial()}
+	switch l.GetSource() {
+	case pb.LogSource_LOG_SOURCE_STDOUT:
+		e.Source = "stdout"
+	case pb.LogSource_LOG_SOURCE_STDERR:
+		e.Source = "stderr"
+	default:
+		e.Source = "agent"
+	}
+	if utf8.Valid(l.GetText()) {
+		e.Text = string(l.GetText())
+	} else {
+		e.Bytes = l.GetText()
+	}
+	return e
+}
+
+// taskLog is a step's task log file, appended by the step's driver only.
+type taskLog struct {
+	path string
+	mu   sync.Mutex
+	last uint64 // highest sequence in the file
+}
+
+// openTaskLog opens path, learning the last sequence it holds. A torn last
+// line (a crash mid-write) is cut off, so it is fetched again.
+func openTaskLog(path string) (*taskLog, error) {
+	t := &taskLog{path: path}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var good int64
+	r := bufio.NewReader(f)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			break // EOF, or a torn line without its newline
+		}
+		var e LogEntry
+		if json.Unmarshal(line, &e) != nil {
+			break
+		}
+		good += int64(len(line))
+		t.last = e.Sequence
+	}
+	if err := os.Truncate(path, good); err != nil {
+		return nil, fmt.Errorf("task log %s: %w", path, err)
+	}
+	return t, nil
+}
+
+// append writes the lines after t.last, durably, and returns the new last
+// sequence. Lines at or below it (a repeated reply) are skipped, so no line
+// is stored twice.
+func (t *taskLog) append(lines []*pb.LogLine) (uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var buf []byte
+	last := t.last
+	for _, l := range lines {
+		if l.GetSequence() <= last {
+			continue
+		}
+		if l.GetSequence() != last+1 {
+			return t.last, fmt.Errorf("task log %s: sequence %d after %d", filepath.Base(t.path), l.GetSequence(), last)
+		}
+		b, err := json.Marshal(entryOf(l))
+		if err != nil {
+			return t.last, err
+		}
+		buf = append(append(buf, b...), '\n')
+		last = l.GetSequence()
+	}
+	if len(buf) == 0 {
+		return t.last, nil
+	}
+	f, err := os.OpenFile(t.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return t.last, err
+	}
+	defer f.Close()
+	if _, err := f.Write(buf); err != nil {
+		return t.last, err
+	}
+	if err := f.Sync(); err != nil {
+		return t.last, err
+	}
+	t.last = last
+	return last, nil
+}
+
+// readTaskLog returns up to max entries with sequence > after.
+func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []LogEntry
+	r := bufio.NewReaderSize(f, 256<<10)
+	for len(out) < max {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			break
+		}
+		var e LogEntry
+		if json.Unmarshal(line, &e) != nil {
+			break
+		}
+		if e.Sequence > after {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// worker is the server's handle for a worker: its current connection, if
+// any, and the steps the server has given it.
+type worker struct {
+	rec WorkerRecord
+
+	mu        sync.Mutex
+	client    pb.AgentClient
+	connected chan struct{} // closed when a connection arrives; replaced when it ends
+	done      <-chan struct{}
+	slots     int
+	inflight  int
+}
+
+// WorkerStatus is a worker as the API shows it.
+type WorkerStatus struct {
+	WorkerRecord
+	Connected bool `json:"connected"`
+	Slots     int  `json:"slots"`
+	Running   int  `json:"running"`
+}
+
+func newWorker(rec WorkerRecord) *worker {
+	return &worker{rec: rec, connected: make(chan struct{})}
+}
+
+func (w *worker) status() WorkerStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return WorkerStatus{WorkerRecord: w.rec, Connected: w.client != nil, Slots: w.slots, Running: w.inflight}
+}
+
+// waitClient returns the worker's client, waiting for its next connection
+// when it has none: a dropped link delays a step, it does not fail it.
+func (w *worker) waitClient(ctx context.Context) (pb.AgentClient, <-chan struct{}, error) {
+	for {
+		w.mu.Lock()
+		c, done, ch := w.client, w.done, w.connected
+		w.mu.Unlock()
+		if c != nil {
+			return c, done, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// admit takes a polling agent's new connection: its name, pools and slots
+// come from its capabilities; a worker is known by its thumbprint.
+func (s *Server) admit(pc *transport.PollingConn) {
+	client := pb.NewAgentClient(pc.Client)
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	caps, err := client.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
+	cancel()
+	if err != nil {
+		s.log.Warn("polling agent did not answer GetCapabilities", "remote", pc.Remote, "error", err)
+		pc.Client.Close()
+		return
+	}
+	name := caps.GetName()
+	if name == "" {
+		name = pc.Thumbprint[:12]
+	}
+	rec := WorkerRecord{Name: name, Thumbprint: pc.Thumbprint, Pools: caps.GetPools(), Labels: caps.GetLabels()}
+	s.mu.Lock()
+	w := s.workers[name]
+	if w != nil && w.rec.Thumbprint != pc.Thumbprint {
+		s.mu.Unlock()
+		s.log.Warn("refused a polling agent: its name belongs to another worker", "name", name, "thumbprint", pc.Thumbprint, "known_thumbprint", w.rec.Thumbprint)
+		pc.Client.Close()
+		return
+	}
+	if w == nil {
+		w = newWorker(rec)
+		s.workers[name] = w
+	}
+	s.mu.Unlock()
+	if b, err := json.Marshal(rec); err == nil {
+		s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Put([]byte(name), b) })
+	}
+	w.mu.Lock()
+	w.rec = rec
+	w.client, w.done = client, pc.Done
+	w.slots = int(caps.GetMaxConcurrentSteps())
+	close(w.connected)
+	w.mu.Unlock()
+	s.log.Info("worker connected", "worker", name, "remote", pc.Remote, "slots", caps.GetMaxConcurrentSteps(), "pools", rec.Pools)
+	s.kick()
+	go func() {
+		<-pc.Done
+		w.mu.Lock()
+		if w.done == pc.Done {
+			w.client, w.done = nil, nil
+			w.connected = make(chan struct{})
+		}
+		w.mu.Unlock()
+		s.log.Info("worker disconnected; waiting for its next connection", "worker", name)
+	}()
+}
+
+// serves reports whether w may take a step asked for worker or pool.
+func (w *worker) serves(worker, pool string) bool {
+	if worker != "" {
+		return w.rec.Name == worker
+	}
+	return slices.Contains(w.rec.Pools, pool)
+}
