@@ -89,10 +89,12 @@ type Artifact struct {
 
 // WorkerRecord is a worker the server knows.
 type WorkerRecord struct {
-	Name       string            `json:"name"`
-	Thumbprint string            `json:"thumbprint"`
-	Pools      []string          `json:"pools,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
+	Name       string `json:"name"`
+	Thumbprint string `json:"thumbprint"`
+	// Address is a listening worker's; empty for a polling one.
+	Address string            `json:"address,omitempty"`
+	Pools   []string          `json:"pools,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 }
 
 // Config configures a Server.
@@ -168,8 +170,12 @@ func New(cfg Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	for _, w := range workers {
-		s.workers[w.Name] = newWorker(w)
+	for _, rec := range workers {
+		w := newWorker(rec)
+		s.workers[rec.Name] = w
+		if rec.Address != "" {
+			go s.keepListening(w)
+		}
 	}
 	// Steps that were running are driven on from their cursors.
 	for _, rec := range s.Steps() {

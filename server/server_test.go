@@ -240,3 +240,53 @@ func TestDispatchRespectsSlots(t *testing.T) {
 		t.Errorf("a worker with 2 slots ran %d steps at once", most)
 	}
 }
+
+// A listening worker, registered by address and thumbprint, runs steps the
+// same way; the registration outlives a server restart.
+func TestListeningWorker(t *testing.T) {
+	e := newEnv(t)
+	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(e.dir, "listening")
+	os.MkdirAll(stateDir, 0o755)
+	id, _, _ := transport.LoadOrCreateIdentity(stateDir)
+	a, err := agent.New(agent.Config{StateDir: stateDir, Bundle: bundle, Identity: id, Name: "l1", Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	trust, _ := transport.NewTrustList(e.id.Thumbprint)
+	g := grpc.NewServer(transport.ServerOptions(id, trust, e.log)...)
+	pb.RegisterAgentServer(g, a)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	defer g.Stop()
+
+	if err := e.srv.RegisterListening("l1", lis.Addr().String(), id.Thumbprint); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := e.srv.Submit(server.SubmitRequest{Worker: "l1", Step: numbered(5, "0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, final := e.waitComplete(rec.ID)
+	checkNumbered(t, entries, 5)
+	if final.Assigned != "l1" {
+		t.Errorf("assigned %q", final.Assigned)
+	}
+	// After a restart the server dials it again.
+	addr := e.addr
+	e.stop()
+	e.start(addr)
+	rec, err = e.srv.Submit(server.SubmitRequest{Worker: "l1", Step: numbered(3, "0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ = e.waitComplete(rec.ID)
+	checkNumbered(t, entries, 3)
+}
