@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -37,6 +38,8 @@ func (s *Server) dispatchLoop() {
 }
 
 func (s *Server) dispatch() {
+	s.dispatchMu.Lock()
+	defer s.dispatchMu.Unlock()
 	for _, rec := range s.Steps() {
 		if rec.State != StateQueued {
 			continue
@@ -66,7 +69,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 	var best *worker
 	bestLoad := 0
 	for _, w := range s.workers {
-		if !w.serves(rec.Worker, rec.Pool) {
+		if !w.serves(rec.Worker, rec.Pool) || (rec.Image != "" && !w.hasDocker()) {
 			continue
 		}
 		w.mu.Lock()
@@ -100,6 +103,9 @@ func (s *Server) drive(rec StepRecord) {
 			w.inflight--
 			w.mu.Unlock()
 		}
+		s.mu.Lock()
+		delete(s.cancels, rec.ID)
+		s.mu.Unlock()
 		s.kick()
 	}()
 	if w == nil {
@@ -124,11 +130,28 @@ func (s *Server) drive(rec StepRecord) {
 	// The file is the truth: lines stored before a crash moved the cursor
 	// are not asked for again.
 	rec.Cursor = max(rec.Cursor, tl.last)
-	started := false
+	started, cancelSent := false, false
 	for s.ctx.Err() == nil {
 		client, done, err := w.waitClient(s.ctx)
 		if err != nil {
 			return
+		}
+		if !cancelSent && s.cancelRequested(rec.ID) {
+			_, err := client.CancelStep(s.ctx, &pb.CancelStepRequest{Ticket: rec.ID})
+			switch {
+			case status.Code(err) == codes.NotFound && !started:
+				// Never reached the worker (a restart may have hidden
+				// whether it did; the worker's answer settles it).
+				s.finish(rec, nil, "CANCELLED", "cancelled before it started on the worker")
+				return
+			case err != nil && retryable(err):
+				s.pause(done)
+				continue
+			case err != nil && status.Code(err) != codes.NotFound:
+				log.Warn("the worker refused to cancel the step", "error", err)
+			}
+			cancelSent, started = true, true
+			log.Info("step cancelled on its worker")
 		}
 		if !started {
 			if _, err := client.StartStep(s.ctx, req); err != nil {
@@ -141,8 +164,11 @@ func (s *Server) drive(rec StepRecord) {
 			}
 			started = true
 		}
-		st, err := client.GetStatus(s.ctx, &pb.GetStatusRequest{Ticket: rec.ID, AfterSequence: rec.Cursor, Wait: durationpb.New(30 * time.Second)})
+		st, err := s.getStatus(client, rec, cancelSent)
 		if err != nil {
+			if s.ctx.Err() == nil && !cancelSent && s.cancelRequested(rec.ID) {
+				continue // woken to send the cancel
+			}
 			if status.Code(err) == codes.NotFound {
 				s.finish(rec, nil, "LOST", "the worker no longer knows the step")
 				return
@@ -165,6 +191,32 @@ func (s *Server) drive(rec StepRecord) {
 			return
 		}
 	}
+}
+
+// getStatus long-polls the step's status; a cancel request ends the wait
+// early so that it reaches the worker at once.
+func (s *Server) getStatus(client pb.AgentClient, rec StepRecord, cancelSent bool) (*pb.StepStatus, error) {
+	ctx, stop := context.WithCancel(s.ctx)
+	defer stop()
+	if !cancelSent {
+		ch := s.cancelSignal(rec.ID)
+		if s.cancelRequested(rec.ID) {
+			stop() // requested before the channel existed
+		}
+		go func() {
+			select {
+			case <-ch:
+				stop()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return client.GetStatus(ctx, &pb.GetStatusRequest{Ticket: rec.ID, AfterSequence: rec.Cursor, Wait: durationpb.New(30 * time.Second)})
+}
+
+func (s *Server) cancelRequested(id string) bool {
+	rec, ok := s.Step(id)
+	return ok && rec.CancelRequested
 }
 
 // pause waits a moment for a failing connection to be noticed as gone.
@@ -205,7 +257,7 @@ func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRe
 // complete downloads the artifacts, completes the step on the worker and
 // records its end.
 func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus) {
-	dir := filepath.Join(s.cfg.DataDir, ArtifactsDir, rec.ID)
+	dir := filepath.Join(s.cfg.ArtifactsDir, rec.ID)
 	rec.OutputVariables = map[string]string{}
 	for _, v := range st.GetOutputVariables() {
 		rec.OutputVariables[v.GetName()] = v.GetValue()

@@ -77,9 +77,10 @@ func (s *Server) keepListening(w *worker) {
 		done := make(chan struct{})
 		w.mu.Lock()
 		w.rec.Pools, w.rec.Labels = caps.GetPools(), caps.GetLabels()
-		w.client, w.done, w.slots = client, done, int(caps.GetMaxConcurrentSteps())
+		w.client, w.done, w.slots, w.caps = client, done, int(caps.GetMaxConcurrentSteps()), caps
 		close(w.connected)
 		w.mu.Unlock()
+		go s.refreshCaps(w, capsRefresh)
 		log.Info("worker connected", "slots", caps.GetMaxConcurrentSteps(), "pools", caps.GetPools())
 		s.kick()
 		// Connected until the connection leaves READY.

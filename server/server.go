@@ -39,6 +39,9 @@ const (
 var (
 	stepsBucket   = []byte("steps")
 	workersBucket = []byte("workers")
+	// keysBucket maps a client's submission key to its step, so that a
+	// submission retried after a lost reply does not run the step twice.
+	keysBucket = []byte("submission-keys")
 )
 
 // Step states on the server.
@@ -53,6 +56,7 @@ var (
 	ErrNoTarget      = errors.New("a step needs a worker or a pool")
 	ErrUnknownWorker = errors.New("unknown worker")
 	ErrUnknownStep   = errors.New("unknown step")
+	ErrStepComplete  = errors.New("the step has completed")
 )
 
 // StepRecord is the server's durable record of a step.
@@ -60,13 +64,18 @@ type StepRecord struct {
 	ID     string `json:"id"`
 	Worker string `json:"worker,omitempty"` // asked for
 	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
+	// Image is a container step's image; such a step goes only to a
+	// worker whose Docker Engine is available.
+	Image string `json:"image,omitempty"`
 	// Sealed is the StartStepRequest, encrypted with the master key: it
 	// may hold sensitive values and registry passwords.
-	Sealed   []byte `json:"sealed"`
+	Sealed   []byte `json:"sealed,omitempty"`
 	State    string `json:"state"`
 	Assigned string `json:"assigned,omitempty"` // the worker running it
 	// Cursor is the last sequence stored in the task log.
-	Cursor          uint64            `json:"cursor"`
+	Cursor uint64 `json:"cursor"`
+	// CancelRequested: the step is to be cancelled on its worker.
+	CancelRequested bool              `json:"cancel_requested,omitempty"`
 	Outcome         string            `json:"outcome,omitempty"`
 	ExitCode        *int32            `json:"exit_code,omitempty"`
 	Signal          string            `json:"signal,omitempty"`
@@ -104,7 +113,12 @@ type Config struct {
 	// Trust admits polling agents by thumbprint.
 	Trust     *transport.TrustList
 	MasterKey string
-	Logger    hclog.Logger
+	// AdminUsername and AdminPassword (ADMIN_USERNAME, ADMIN_PASSWORD)
+	// create the API's admin credentials on the first start.
+	AdminUsername, AdminPassword string
+	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
+	TaskLogsDir, ArtifactsDir string
+	Logger                    hclog.Logger
 }
 
 // Server is the reference server.
@@ -113,14 +127,18 @@ type Server struct {
 	log  hclog.Logger
 	db   *bolt.DB
 	keys *seal.Box
+	auth authCache
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{}
+	// dispatchMu orders a queued step's dispatch against its cancel.
+	dispatchMu sync.Mutex
 
 	mu      sync.Mutex
 	workers map[string]*worker // by name
 	changed map[string]chan struct{}
+	cancels map[string]chan struct{}
 	conns   map[*transport.PollingConn]bool
 }
 
@@ -129,7 +147,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, TaskLogsDir), filepath.Join(cfg.DataDir, ArtifactsDir)} {
+	if cfg.TaskLogsDir == "" {
+		cfg.TaskLogsDir = filepath.Join(cfg.DataDir, TaskLogsDir)
+	}
+	if cfg.ArtifactsDir == "" {
+		cfg.ArtifactsDir = filepath.Join(cfg.DataDir, ArtifactsDir)
+	}
+	for _, d := range []string{cfg.DataDir, cfg.TaskLogsDir, cfg.ArtifactsDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("data dir: %w", err)
 		}
@@ -143,7 +167,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -156,8 +180,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
-		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{},
+		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{},
 		conns: map[*transport.PollingConn]bool{}}
+	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
+		db.Close()
+		return nil, err
+	}
 	var workers []WorkerRecord
 	if err := s.each(workersBucket, func(v []byte) error {
 		var w WorkerRecord
@@ -242,6 +270,9 @@ type SubmitRequest struct {
 	Worker string
 	Pool   string
 	Step   *pb.StartStepRequest
+	// Key, when set, makes the submission idempotent: a second submission
+	// with the same key returns the first one's step.
+	Key string
 }
 
 // Submit records a step durably and queues it. The step's ticket on the
@@ -249,6 +280,9 @@ type SubmitRequest struct {
 func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if req.Worker == "" && req.Pool == "" {
 		return StepRecord{}, ErrNoTarget
+	}
+	if req.Step == nil {
+		return StepRecord{}, errors.New("no step")
 	}
 	id := newID()
 	step := proto.Clone(req.Step).(*pb.StartStepRequest)
@@ -261,13 +295,82 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if err != nil {
 		return StepRecord{}, err
 	}
-	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
-	if err := s.putStep(rec); err != nil {
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Image: step.GetExecution().GetContainer().GetImage(),
+		Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
+	b, err := json.Marshal(rec)
+	if err != nil {
 		return StepRecord{}, err
+	}
+	var existing string
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if req.Key != "" {
+			if v := tx.Bucket(keysBucket).Get([]byte(req.Key)); v != nil {
+				existing = string(v)
+				return nil
+			}
+			if err := tx.Bucket(keysBucket).Put([]byte(req.Key), []byte(id)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(stepsBucket).Put([]byte(id), b)
+	})
+	if err != nil {
+		return StepRecord{}, err
+	}
+	if existing != "" {
+		if prev, ok := s.Step(existing); ok {
+			return prev, nil
+		}
+		return StepRecord{}, fmt.Errorf("%w: %s (submission key %q)", ErrUnknownStep, existing, req.Key)
 	}
 	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool)
 	s.kick()
 	return rec, nil
+}
+
+// Cancel cancels a step: a queued one at once, a running one on its worker
+// (TERM, the step's grace period, then KILL; the driver follows it to its
+// end). Idempotent; ErrStepComplete when it had already ended.
+func (s *Server) Cancel(id string) (StepRecord, error) {
+	s.dispatchMu.Lock()
+	defer s.dispatchMu.Unlock()
+	rec, ok := s.Step(id)
+	switch {
+	case !ok:
+		return rec, fmt.Errorf("%w: %s", ErrUnknownStep, id)
+	case rec.State == StateComplete:
+		return rec, ErrStepComplete
+	case rec.State == StateQueued:
+		rec.CancelRequested = true
+		s.finish(rec, nil, "CANCELLED", "cancelled before it was dispatched")
+	default:
+		rec.CancelRequested = true
+		if err := s.putStep(rec); err != nil {
+			return rec, err
+		}
+		s.log.Info("step cancel requested", "step", id, "worker", rec.Assigned)
+		s.mu.Lock()
+		if ch := s.cancels[id]; ch != nil {
+			close(ch)
+			delete(s.cancels, id)
+		}
+		s.mu.Unlock()
+	}
+	rec, _ = s.Step(id)
+	return rec, nil
+}
+
+// cancelSignal returns a channel closed when a cancel of step id is
+// requested from now on.
+func (s *Server) cancelSignal(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.cancels[id]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.cancels[id] = ch
+	}
+	return ch
 }
 
 // newID is time-ordered (the queue's order) and unique.
@@ -305,7 +408,7 @@ func (s *Server) Steps() []StepRecord {
 
 // TaskLogPath is the task log file of a step.
 func (s *Server) TaskLogPath(id string) string {
-	return filepath.Join(s.cfg.DataDir, TaskLogsDir, id+".log")
+	return filepath.Join(s.cfg.TaskLogsDir, id+".log")
 }
 
 // Log returns up to max task log lines of step id after sequence after,
@@ -360,7 +463,20 @@ func (s *Server) putStep(rec StepRecord) error {
 	if err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(stepsBucket).Put([]byte(rec.ID), b) })
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		// A cancel request is sticky: a driver's copy of the record,
+		// older than the request, does not undo it.
+		if !rec.CancelRequested {
+			var prev StepRecord
+			if v := tx.Bucket(stepsBucket).Get([]byte(rec.ID)); v != nil && json.Unmarshal(v, &prev) == nil && prev.CancelRequested {
+				rec.CancelRequested = true
+				if b, err = json.Marshal(rec); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket(stepsBucket).Put([]byte(rec.ID), b)
+	})
 	s.notify(rec.ID)
 	return err
 }

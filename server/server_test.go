@@ -59,7 +59,8 @@ func newEnv(t *testing.T) *env {
 func (e *env) start(addr string) {
 	t := e.t
 	var err error
-	e.srv, err = server.New(server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log})
+	e.srv, err = server.New(server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log,
+		AdminUsername: adminUser, AdminPassword: adminPassword})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +79,16 @@ func (e *env) stop() {
 	}
 }
 
+const adminUser, adminPassword = "admin", "test-admin-password"
+
 // pollingAgent starts a real agent in polling mode named name.
 func (e *env) pollingAgent(name string, maxSteps int) {
+	e.pollingAgentVia(name, maxSteps, e.addr)
+}
+
+// pollingAgentVia starts a real polling agent that dials addr (a proxy,
+// say) to reach the server.
+func (e *env) pollingAgentVia(name string, maxSteps int, addr string) {
 	t := e.t
 	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
@@ -95,7 +104,7 @@ func (e *env) pollingAgent(name string, maxSteps int) {
 	pb.RegisterAgentServer(srv, a)
 	pin, _ := transport.NewTrustList(e.id.Thumbprint)
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &transport.Poller{Addr: e.addr, Identity: e.agentID, Server: pin, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Log: e.log}
+	p := &transport.Poller{Addr: addr, Identity: e.agentID, Server: pin, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Log: e.log}
 	done := make(chan struct{})
 	go func() { p.Run(ctx, srv); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; srv.Stop(); a.Close() })

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -132,7 +133,10 @@ func (t *taskLog) append(lines []*pb.LogLine) (uint64, error) {
 	return last, nil
 }
 
-// readTaskLog returns up to max entries with sequence > after.
+// readTaskLog returns up to max entries with sequence > after. Sequences
+// in the file rise, so it seeks to the first wanted line by binary search
+// over byte offsets: following a long log costs the lines read, not the
+// file's length.
 func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -142,8 +146,16 @@ func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
 		return nil, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	start, err := seekAfter(f, fi.Size(), after)
+	if err != nil {
+		return nil, err
+	}
 	var out []LogEntry
-	r := bufio.NewReaderSize(f, 256<<10)
+	r := bufio.NewReaderSize(io.NewSectionReader(f, start, fi.Size()-start), 256<<10)
 	for len(out) < max {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
@@ -158,4 +170,52 @@ func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
 		}
 	}
 	return out, nil
+}
+
+// seekLinear is the span below which seekAfter reads on instead of halving.
+const seekLinear = 64 << 10
+
+// seekAfter returns an offset of a line start at or before the first line
+// with a sequence above after.
+func seekAfter(f io.ReaderAt, size int64, after uint64) (int64, error) {
+	lo, hi := int64(0), size // the answer is in [lo, hi)
+	for hi-lo > seekLinear {
+		mid := lo + (hi-lo)/2
+		start, seq, ok, err := lineAt(f, mid, size)
+		if err != nil {
+			return 0, err
+		}
+		if !ok || start >= hi {
+			hi = mid
+			continue
+		}
+		if seq <= after {
+			lo = start
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
+}
+
+// lineAt finds the first line starting after off and returns its start
+// and sequence; ok is false when no whole line starts there.
+func lineAt(f io.ReaderAt, off, size int64) (start int64, seq uint64, ok bool, err error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(f, off, size-off), 64<<10)
+	skipped, err := r.ReadBytes('\n')
+	if err != nil {
+		return 0, 0, false, nil
+	}
+	start = off + int64(len(skipped))
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return 0, 0, false, nil
+	}
+	var e struct {
+		Sequence uint64 `json:"seq"`
+	}
+	if json.Unmarshal(line, &e) != nil {
+		return 0, 0, false, fmt.Errorf("task log: unreadable line at offset %d", start)
+	}
+	return start, e.Sequence, true, nil
 }

@@ -13,6 +13,9 @@ import (
 	"stevedore/transport"
 )
 
+// capsRefresh is how often a connected worker's capabilities are asked again.
+const capsRefresh = 30 * time.Second
+
 // worker is the server's handle for a worker: its current connection, if
 // any, and the steps the server has given it.
 type worker struct {
@@ -24,6 +27,8 @@ type worker struct {
 	done      <-chan struct{}
 	slots     int
 	inflight  int
+	// caps are the capabilities the worker last reported.
+	caps *pb.Capabilities
 }
 
 // WorkerStatus is a worker as the API shows it.
@@ -31,7 +36,16 @@ type WorkerStatus struct {
 	WorkerRecord
 	Connected bool `json:"connected"`
 	Slots     int  `json:"slots"`
-	Running   int  `json:"running"`
+	// Running is the steps this server has given the worker; FreeSlots
+	// what it can take now.
+	Running   int `json:"running"`
+	FreeSlots int `json:"free_slots"`
+	// Docker says whether the worker's engine answers (container steps need it).
+	Docker       bool   `json:"docker"`
+	DockerError  string `json:"docker_error,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+	Hostname     string `json:"hostname,omitempty"`
+	CachedImages int    `json:"cached_images"`
 }
 
 func newWorker(rec WorkerRecord) *worker {
@@ -41,7 +55,57 @@ func newWorker(rec WorkerRecord) *worker {
 func (w *worker) status() WorkerStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return WorkerStatus{WorkerRecord: w.rec, Connected: w.client != nil, Slots: w.slots, Running: w.inflight}
+	st := WorkerStatus{WorkerRecord: w.rec, Connected: w.client != nil, Slots: w.slots, Running: w.inflight,
+		Docker: w.caps.GetDocker().GetAvailable(), DockerError: w.caps.GetDocker().GetError(),
+		AgentVersion: w.caps.GetAgentVersion(), Hostname: w.caps.GetHostname(), CachedImages: len(w.caps.GetCachedImages())}
+	if st.Connected {
+		st.FreeSlots = max(0, w.slots-w.inflight)
+	}
+	return st
+}
+
+func (w *worker) hasDocker() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.caps.GetDocker().GetAvailable()
+}
+
+// setCaps records a worker's capabilities.
+func (w *worker) setCaps(caps *pb.Capabilities) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.caps = caps
+	w.slots = int(caps.GetMaxConcurrentSteps())
+}
+
+// refreshCaps asks the worker for its capabilities again (its engine may
+// have come or gone, images been cached) while it is connected.
+func (s *Server) refreshCaps(w *worker, every time.Duration) {
+	for {
+		w.mu.Lock()
+		c, done := w.client, w.done
+		w.mu.Unlock()
+		if c == nil {
+			return
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-done:
+			return
+		case <-time.After(every):
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		caps, err := c.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
+		cancel()
+		if err == nil {
+			had := w.hasDocker()
+			w.setCaps(caps)
+			if !had && caps.GetDocker().GetAvailable() {
+				s.kick()
+			}
+		}
+	}
 }
 
 // waitClient returns the worker's client, waiting for its next connection
@@ -98,9 +162,10 @@ func (s *Server) admit(pc *transport.PollingConn) {
 	w.mu.Lock()
 	w.rec = rec
 	w.client, w.done = client, pc.Done
-	w.slots = int(caps.GetMaxConcurrentSteps())
+	w.slots, w.caps = int(caps.GetMaxConcurrentSteps()), caps
 	close(w.connected)
 	w.mu.Unlock()
+	go s.refreshCaps(w, capsRefresh)
 	s.log.Info("worker connected", "worker", name, "remote", pc.Remote, "slots", caps.GetMaxConcurrentSteps(), "pools", rec.Pools)
 	s.kick()
 	go func() {

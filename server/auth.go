@@ -1,0 +1,140 @@
+package server
+
+import (
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var usersBucket = []byte("users")
+
+// AdminPasswordFile is written in the data dir, mode 0600, when the server
+// first starts without ADMIN_PASSWORD: the generated password is in it.
+const AdminPasswordFile = "admin-password"
+
+// pbkdf2Iterations follows OWASP's advice for PBKDF2-HMAC-SHA256; the
+// cost is paid once per credentials and then cached (authCache).
+const pbkdf2Iterations = 600_000
+
+// authCacheTTL is how long a verified username and password are trusted
+// without deriving the key again, so that a client following a log with
+// many requests does not pay PBKDF2 on each.
+const authCacheTTL = 5 * time.Minute
+
+type credential struct {
+	Salt       []byte `json:"salt"`
+	Hash       []byte `json:"hash"`
+	Iterations int    `json:"iterations"`
+}
+
+type authCache struct {
+	mu sync.Mutex
+	ok map[[32]byte]time.Time
+}
+
+// ensureAdmin creates the admin credentials on the server's first start:
+// from username and password (ADMIN_USERNAME / ADMIN_PASSWORD) when given,
+// otherwise "admin" with a generated password written to AdminPasswordFile.
+// Later starts keep the stored credentials.
+func (s *Server) ensureAdmin(username, password string) error {
+	var exists bool
+	s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(usersBucket).Cursor().First()
+		exists = k != nil
+		return nil
+	})
+	if exists {
+		if username != "" || password != "" {
+			s.log.Debug("admin credentials exist; ADMIN_USERNAME and ADMIN_PASSWORD only apply on the first start")
+		}
+		return nil
+	}
+	if username == "" {
+		username = "admin"
+	}
+	if password == "" {
+		b := make([]byte, 18)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		password = base64.RawURLEncoding.EncodeToString(b)
+		path := filepath.Join(s.cfg.DataDir, AdminPasswordFile)
+		if err := os.WriteFile(path, []byte(password+"\n"), 0o600); err != nil {
+			return fmt.Errorf("admin password: %w", err)
+		}
+		s.log.Warn("no ADMIN_PASSWORD on first start: generated one", "username", username, "password_file", path)
+	}
+	c, err := newCredential(password)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(usersBucket).Put([]byte(username), b) }); err != nil {
+		return fmt.Errorf("admin credentials: %w", err)
+	}
+	s.log.Info("admin credentials created", "username", username)
+	return nil
+}
+
+func newCredential(password string) (credential, error) {
+	salt := make([]byte, 16)
+	if _, err := rand.Read(salt); err != nil {
+		return credential{}, err
+	}
+	hash, err := pbkdf2.Key(sha256.New, password, salt, pbkdf2Iterations, 32)
+	if err != nil {
+		return credential{}, err
+	}
+	return credential{Salt: salt, Hash: hash, Iterations: pbkdf2Iterations}, nil
+}
+
+// ErrBadCredentials: the username is unknown or the password wrong.
+var ErrBadCredentials = errors.New("bad username or password")
+
+// Authenticate checks a username and password.
+func (s *Server) Authenticate(username, password string) error {
+	key := sha256.Sum256([]byte(username + "\x00" + password))
+	s.auth.mu.Lock()
+	if t, ok := s.auth.ok[key]; ok && time.Since(t) < authCacheTTL {
+		s.auth.mu.Unlock()
+		return nil
+	}
+	s.auth.mu.Unlock()
+	var c credential
+	var found bool
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(usersBucket).Get([]byte(username)); v != nil {
+			found = json.Unmarshal(v, &c) == nil
+		}
+		return nil
+	})
+	if !found {
+		// Derive anyway, so that an unknown name takes as long as a wrong password.
+		c = credential{Salt: make([]byte, 16), Hash: make([]byte, 32), Iterations: pbkdf2Iterations}
+	}
+	hash, err := pbkdf2.Key(sha256.New, password, c.Salt, c.Iterations, len(c.Hash))
+	if err != nil || !found || subtle.ConstantTimeCompare(hash, c.Hash) != 1 {
+		return ErrBadCredentials
+	}
+	s.auth.mu.Lock()
+	if s.auth.ok == nil {
+		s.auth.ok = map[[32]byte]time.Time{}
+	}
+	s.auth.ok[key] = time.Now()
+	s.auth.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,329 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "stevedore/proto/stevedore/v1"
+)
+
+// maxSubmitBytes bounds a submission's body; the agent's own limits on
+// scripts and inline files are lower.
+const maxSubmitBytes = 64 << 20
+
+// maxLogWait bounds a log request's long poll.
+const maxLogWait = 60 * time.Second
+
+// Handler is the HTTP API (JSON). Every route but /healthz needs the admin
+// credentials (HTTP Basic); without them the answer is 401.
+//
+//	GET  /healthz                          200 "ok"
+//	GET  /api/workers                      the workers and their state
+//	POST /api/workers                      {"name","address","thumbprint"}: register a listening worker
+//	GET  /api/steps                        every step (?state=queued|running|complete)
+//	POST /api/steps                        {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
+//	GET  /api/steps/{id}                   the step
+//	GET  /api/steps/{id}/log               ?after=N&max=N&wait=30s: lines after N, long-polled
+//	GET  /api/steps/{id}/log?format=text   the log as text; &follow=true streams it to the end
+//	GET  /api/steps/{id}/artifacts/{name}  an artifact's content
+//	POST /api/steps/{id}/cancel            cancel the step
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	api := http.NewServeMux()
+	api.HandleFunc("GET /api/workers", s.apiWorkers)
+	api.HandleFunc("POST /api/workers", s.apiRegisterWorker)
+	api.HandleFunc("GET /api/steps", s.apiSteps)
+	api.HandleFunc("POST /api/steps", s.apiSubmit)
+	api.HandleFunc("GET /api/steps/{id}", s.apiStep)
+	api.HandleFunc("GET /api/steps/{id}/log", s.apiLog)
+	api.HandleFunc("GET /api/steps/{id}/artifacts/{name}", s.apiArtifact)
+	api.HandleFunc("POST /api/steps/{id}/cancel", s.apiCancel)
+	mux.Handle("/api/", s.authenticated(api))
+	return mux
+}
+
+func (s *Server) authenticated(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, ok := r.BasicAuth()
+		if !ok || s.Authenticate(user, pass) != nil {
+			if ok {
+				s.log.Warn("api request with bad credentials", "remote", r.RemoteAddr, "username", user, "path", r.URL.Path)
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="stevedore", charset="UTF-8"`)
+			apiError(w, http.StatusUnauthorized, errors.New("authentication required: the admin username and password (HTTP Basic)"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// StepView is a step as the API shows it (the sealed request is not shown).
+type StepView struct {
+	StepRecord
+	Log string `json:"log"`
+}
+
+func (s *Server) view(rec StepRecord) StepView {
+	rec.Sealed = nil
+	return StepView{StepRecord: rec, Log: "/api/steps/" + rec.ID + "/log"}
+}
+
+// SubmitBody is the body of POST /api/steps.
+type SubmitBody struct {
+	Worker string `json:"worker,omitempty"`
+	Pool   string `json:"pool,omitempty"`
+	// Key makes the submission idempotent (see SubmitRequest.Key).
+	Key  string          `json:"key,omitempty"`
+	Step json.RawMessage `json:"step"`
+}
+
+func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
+	var body SubmitBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSubmitBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	if len(body.Step) == 0 {
+		apiError(w, http.StatusBadRequest, errors.New(`body: "step" is missing`))
+		return
+	}
+	step := &pb.StartStepRequest{}
+	if err := protojson.Unmarshal(body.Step, step); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
+		return
+	}
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key})
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrNoTarget) {
+			code = http.StatusBadRequest
+		}
+		apiError(w, code, err)
+		return
+	}
+	w.Header().Set("Location", "/api/steps/"+rec.ID)
+	writeJSON(w, http.StatusCreated, s.view(rec))
+}
+
+func (s *Server) apiSteps(w http.ResponseWriter, r *http.Request) {
+	state := r.URL.Query().Get("state")
+	out := []StepView{}
+	for _, rec := range s.Steps() {
+		if state == "" || rec.State == state {
+			out = append(out, s.view(rec))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) apiStep(w http.ResponseWriter, r *http.Request) {
+	rec, ok := s.Step(r.PathValue("id"))
+	if !ok {
+		apiError(w, http.StatusNotFound, fmt.Errorf("%w: %s", ErrUnknownStep, r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.view(rec))
+}
+
+// LogPage is the answer of GET /api/steps/{id}/log: the lines after the
+// asked sequence, and the step as it stands. Ask again from Next until
+// Step.State is complete and Lines is empty.
+type LogPage struct {
+	Lines []LogEntry `json:"lines"`
+	Next  uint64     `json:"next_after"`
+	Step  StepView   `json:"step"`
+}
+
+func (s *Server) apiLog(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := uintParam(q.Get("after"), 0)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("after: %w", err))
+		return
+	}
+	maxLines, err := uintParam(q.Get("max"), 5000)
+	if err != nil || maxLines == 0 {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("max: want a positive number"))
+		return
+	}
+	var wait time.Duration
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
+			apiError(w, http.StatusBadRequest, fmt.Errorf("wait %q: want a duration such as 30s", v))
+			return
+		}
+	}
+	wait = min(wait, maxLogWait)
+	id := r.PathValue("id")
+	if q.Get("format") == "text" {
+		s.textLog(w, r, id, after, q.Get("follow") == "true")
+		return
+	}
+	lines, rec, err := s.Log(r.Context(), id, after, int(min(maxLines, 100000)), wait)
+	if errors.Is(err, ErrUnknownStep) {
+		apiError(w, http.StatusNotFound, err)
+		return
+	}
+	if err != nil {
+		apiError(w, http.StatusInternalServerError, err)
+		return
+	}
+	page := LogPage{Lines: lines, Next: after, Step: s.view(rec)}
+	if page.Lines == nil {
+		page.Lines = []LogEntry{}
+	}
+	if n := len(lines); n > 0 {
+		page.Next = lines[n-1].Sequence
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// textLog writes the task log as text, a line each (stderr and the
+// agent's lines marked), following it to the step's end if asked.
+func (s *Server) textLog(w http.ResponseWriter, r *http.Request, id string, after uint64, follow bool) {
+	if _, ok := s.Step(id); !ok {
+		apiError(w, http.StatusNotFound, fmt.Errorf("%w: %s", ErrUnknownStep, id))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	flusher, _ := w.(http.Flusher)
+	for {
+		wait := time.Duration(0)
+		if follow {
+			wait = maxLogWait
+		}
+		lines, rec, err := s.Log(r.Context(), id, after, 5000, wait)
+		if err != nil {
+			return
+		}
+		for _, l := range lines {
+			switch l.Source {
+			case "stderr":
+				io.WriteString(w, "[stderr] ")
+			case "agent":
+				io.WriteString(w, "[stevedore] ")
+			}
+			w.Write(l.Content())
+			if !l.Partial {
+				io.WriteString(w, "\n")
+			}
+			after = l.Sequence
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if len(lines) == 0 && (!follow || rec.State == StateComplete) {
+			return
+		}
+	}
+}
+
+func (s *Server) apiArtifact(w http.ResponseWriter, r *http.Request) {
+	rec, ok := s.Step(r.PathValue("id"))
+	if !ok {
+		apiError(w, http.StatusNotFound, fmt.Errorf("%w: %s", ErrUnknownStep, r.PathValue("id")))
+		return
+	}
+	for _, a := range rec.Artifacts {
+		if a.Name != r.PathValue("name") {
+			continue
+		}
+		f, err := os.Open(a.File)
+		if err != nil {
+			apiError(w, http.StatusGone, fmt.Errorf("artifact %s: %w", a.Name, err))
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", filepath.Base(a.File)))
+		w.Header().Set("Digest", "sha-256="+a.SHA256)
+		fi, err := f.Stat()
+		if err != nil {
+			apiError(w, http.StatusInternalServerError, err)
+			return
+		}
+		http.ServeContent(w, r, filepath.Base(a.File), fi.ModTime(), f)
+		return
+	}
+	apiError(w, http.StatusNotFound, fmt.Errorf("step %s has no artifact %q", rec.ID, r.PathValue("name")))
+}
+
+func (s *Server) apiCancel(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.Cancel(r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrUnknownStep):
+		apiError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrStepComplete):
+		apiError(w, http.StatusConflict, err)
+	case err != nil:
+		apiError(w, http.StatusInternalServerError, err)
+	default:
+		writeJSON(w, http.StatusAccepted, s.view(rec))
+	}
+}
+
+func (s *Server) apiWorkers(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.Workers())
+}
+
+// RegisterWorkerBody is the body of POST /api/workers.
+type RegisterWorkerBody struct {
+	Name       string `json:"name"`
+	Address    string `json:"address"`
+	Thumbprint string `json:"thumbprint"`
+}
+
+func (s *Server) apiRegisterWorker(w http.ResponseWriter, r *http.Request) {
+	var body RegisterWorkerBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	err := s.RegisterListening(body.Name, body.Address, body.Thumbprint)
+	switch {
+	case errors.Is(err, ErrWorkerExists):
+		apiError(w, http.StatusConflict, err)
+	case err != nil:
+		apiError(w, http.StatusBadRequest, err)
+	default:
+		writeJSON(w, http.StatusCreated, body)
+	}
+}
+
+func uintParam(v string, def uint64) (uint64, error) {
+	if v == "" {
+		return def, nil
+	}
+	return strconv.ParseUint(v, 10, 64)
+}
+
+// APIError is the body of every error answer.
+type APIError struct {
+	Error string `json:"error"`
+}
+
+func apiError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, APIError{Error: err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
