@@ -76,6 +76,9 @@ type Agent struct {
 	probes  *executor.ProbeCache
 	images  *registry.Store
 
+	// isolation is the named reader/writer mutexes of StartStepRequest.isolation.
+	isolation *isolation
+
 	// ctx ends when the agent shuts down.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,6 +137,8 @@ func New(cfg Config) (*Agent, error) {
 		images: store,
 		ctx:    ctx, cancel: cancel,
 		steps: map[string]*step{},
+
+		isolation: newIsolation(),
 	}
 	if _, err := a.dockerExecutor(ctx); err != nil {
 		log.Warn("no Docker Engine: container steps fail until one answers; host steps run", "error", err)
@@ -222,6 +227,8 @@ func (a *Agent) resume() error {
 	if err != nil {
 		return err
 	}
+	// Before any step's goroutine: a reattached holder keeps its mutex.
+	a.reattachIsolation(recs)
 	for _, rec := range recs {
 		s := a.newStep(*rec)
 		a.steps[rec.Ticket] = s

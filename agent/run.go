@@ -34,6 +34,8 @@ func (a *Agent) run(s *step) {
 		a.finish(s, nil, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", fmt.Sprintf("the journal's copy of the request is unreadable: %v", err))
 		return
 	}
+	// The isolation hold (taken below, or reattached by resume) ends with the run.
+	defer a.isolation.release(s.rec.Ticket)
 	secrets, err := a.openSecrets(s)
 	if err != nil {
 		a.finish(s, nil, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", err.Error())
@@ -51,6 +53,16 @@ func (a *Agent) run(s *step) {
 		return
 	}
 
+	// The isolation mutex first, so a step waiting for it holds no slot.
+	if err := a.acquireIsolation(s, req); err != nil {
+		if errors.Is(err, errIsolationTimeout) {
+			s.agentLog(err.Error())
+			a.finish(s, spec, pb.Outcome_OUTCOME_ISOLATION_TIMEOUT, nil, "", err.Error())
+			return
+		}
+		a.finishStopped(s, spec, ex, "while it waited for its isolation mutex")
+		return
+	}
 	// A slot, in order.
 	err = a.slots.acquire(s.ctx, s.rec.Ticket, func(holders []string, ahead int) {
 		s.agentLog(fmt.Sprintf("waiting for a free step slot: %d of %d in use (%s), %d waiting ahead",
@@ -197,12 +209,18 @@ func (a *Agent) follow(s *step, ex executor.Executor, spec *executor.Spec, req *
 			if grace <= 0 {
 				grace = a.cfg.DefaultGrace
 			}
+			s.mu.Lock()
+			s.stopGrace = grace
+			s.mu.Unlock()
 			if err := ex.Signal(a.ctx, spec, syscall.SIGTERM); err != nil {
 				a.log.Warn("could not TERM the step", "ticket", s.rec.Ticket, "error", err)
 			}
 			killTimer = time.After(grace + killMargin)
 		case <-killTimer:
 			killTimer = nil
+			s.mu.Lock()
+			s.agentKilled = true
+			s.mu.Unlock()
 			s.agentLog("the step did not end within the grace period; killing it")
 			if err := ex.Signal(a.ctx, spec, syscall.SIGKILL); err != nil {
 				a.log.Warn("could not KILL the step", "ticket", s.rec.Ticket, "error", err)
@@ -213,6 +231,13 @@ func (a *Agent) follow(s *step, ex executor.Executor, spec *executor.Spec, req *
 ended:
 	if a.ctx.Err() != nil {
 		return // the agent is shutting down; the next one follows on
+	}
+	if s.ctx.Err() != nil {
+		// Stopped: what the script left behind (a daemon that left its
+		// process group) goes with it.
+		if err := ex.Signal(a.ctx, spec, syscall.SIGKILL); err != nil {
+			a.log.Warn("could not KILL what the step left", "ticket", s.rec.Ticket, "error", err)
+		}
 	}
 	var result stepspec.Result
 	resErr := stepspec.ReadJSON(filepath.Join(s.rec.StepDir, stepspec.ResultFile), &result)
@@ -243,11 +268,7 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 		code, signal = &c, result.Signal
 		switch {
 		case stopReason != pb.Outcome_OUTCOME_UNSPECIFIED:
-			outcome = stopReason
-			reason = fmt.Sprintf("%s; the script ended with exit code %d", stopDetail, result.ExitCode)
-			if signal != "" {
-				reason = fmt.Sprintf("%s; the script ended on %s", stopDetail, signal)
-			}
+			outcome, reason = stopReason, stopDetail+": "+s.stopEnding(result.ExitCode, signal)
 		case result.RunnerError:
 			outcome, reason = pb.Outcome_OUTCOME_AGENT_ERROR, "the step runner failed: "+result.Message
 		case result.ExitCode == 0:
@@ -270,7 +291,7 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 		signal = exit.Signal
 		switch {
 		case stopReason != pb.Outcome_OUTCOME_UNSPECIFIED:
-			outcome, reason = stopReason, stopDetail+"; the step was killed after the grace period"
+			outcome, reason = stopReason, stopDetail+": "+s.stopEndingNoRecord(exit.Signal)
 		case exit.OOMKilled:
 			reason = "the step's container ran out of memory and was killed"
 		default:

@@ -96,6 +96,12 @@ type step struct {
 	stopDetail   string
 	done         chan struct{} // closed when the step is COMPLETE
 	completeOnce sync.Once
+
+	// stopGrace is the grace period the step had after SIGTERM; agentKilled:
+	// the runner outlived it and the agent sent SIGKILL itself. Both go into
+	// the exit record's reason (cancel.go).
+	stopGrace   time.Duration
+	agentKilled bool
 }
 
 // stepSecrets is the sealed document of a step.

@@ -128,7 +128,7 @@ func (h *Host) Signal(_ context.Context, spec *Spec, sig syscall.Signal) error {
 		return nil // never started: nothing to signal
 	}
 	if sig == syscall.SIGKILL {
-		killSession(pid)
+		killStep(pid, spec.StepDir)
 		return nil
 	}
 	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -137,13 +137,16 @@ func (h *Host) Signal(_ context.Context, spec *Spec, sig syscall.Signal) error {
 	return nil
 }
 
-// Remove implements Executor: whatever still runs in the step's session is killed.
+// Remove implements Executor: whatever of the step still runs is killed,
+// also what it left behind after the runner ended.
 func (h *Host) Remove(ctx context.Context, spec *Spec) error {
-	if pid, err := h.pid(spec); err == nil && alive(pid) {
-		killSession(pid)
-		wctx, cancel := context.WithTimeout(ctx, killGrace)
-		defer cancel()
-		_, _ = h.Wait(wctx, spec)
+	if pid, err := h.pid(spec); err == nil {
+		killStep(pid, spec.StepDir)
+		if alive(pid) {
+			wctx, cancel := context.WithTimeout(ctx, killGrace)
+			defer cancel()
+			_, _ = h.Wait(wctx, spec)
+		}
 	}
 	h.mu.Lock()
 	delete(h.procs, spec.Ticket)
@@ -170,39 +173,105 @@ func alive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// killSession SIGKILLs every process in session sid: the runner, the
-// script, and whatever they started in their own process groups. A process
-// that called setsid itself has left, as with any session-based supervisor.
-func killSession(sid int) {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if s, ok := sessionOf(pid); ok && s == sid {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+// stepDirEnv is the variable the runner (cmd/stevedore-step) gives the
+// script and everything it starts: the step's mark on its processes.
+const stepDirEnv = "STEVEDORE_STEP_DIR"
+
+// killStep SIGKILLs every process of the step whose runner leads session
+// sid. There is no cgroup to ask, so a step's processes are those in the
+// session (the runner, the script, whatever they started in process groups
+// of their own), those whose environment carries the step's mark (daemons
+// that called setsid and were reparented to init), and the descendants of
+// both. A daemon that left the session and cleared its environment escapes.
+// The session id stays reserved while any member lives, so after the
+// runner's death it still names only the step's processes.
+func killStep(sid int, stepDir string) {
+	for _, pid := range stepProcs(sid, stepDir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
-// sessionOf reads the session id, field 6 of /proc/PID/stat.
-func sessionOf(pid int) (int, bool) {
+// stepProcs lists the step's processes (see killStep), never the agent's own.
+func stepProcs(sid int, stepDir string) []int {
+	mark := []byte(stepDirEnv + "=" + stepDir + "\x00")
+	if abs, err := filepath.Abs(stepDir); err == nil {
+		mark = []byte(stepDirEnv + "=" + abs + "\x00")
+	}
+	// While the runner lives it leads the session; once it is gone the id
+	// cannot be reused while members remain. A leader that is not the
+	// step's runner is a reused pid: its session is not the step's.
+	if cmd, err := os.ReadFile("/proc/" + strconv.Itoa(sid) + "/cmdline"); err == nil && !bytes.Contains(cmd, []byte(stepDir)) {
+		sid = -1
+	}
+	entries, _ := os.ReadDir("/proc")
+	children := map[int][]int{}
+	var roots []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == 1 || pid == os.Getpid() {
+			continue
+		}
+		st, ok := procStat(pid)
+		if !ok {
+			continue
+		}
+		children[st.ppid] = append(children[st.ppid], pid)
+		if st.sid == sid || hasEnv(pid, mark) {
+			roots = append(roots, pid)
+		}
+	}
+	seen := map[int]bool{}
+	var out []int
+	for len(roots) > 0 {
+		pid := roots[len(roots)-1]
+		roots = roots[:len(roots)-1]
+		if seen[pid] || pid == os.Getpid() {
+			continue
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		roots = append(roots, children[pid]...)
+	}
+	return out
+}
+
+// hasEnv reports whether pid's environment holds the entry mark (with its
+// terminating NUL). A process that exec'd a setuid program or is gone reads
+// as unmarked.
+func hasEnv(pid int, mark []byte) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	return bytes.HasPrefix(b, mark) || bytes.Contains(b, append([]byte{0}, mark...))
+}
+
+type procStatus struct{ ppid, sid int }
+
+// procStat reads the parent and session ids, fields 4 and 6 of /proc/PID/stat.
+func procStat(pid int) (procStatus, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, false
+		return procStatus{}, false
 	}
 	// The command name (field 2) may hold spaces; fields resume after its ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, false
+		return procStatus{}, false
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 4 {
-		return 0, false
+		return procStatus{}, false
 	}
-	sid, err := strconv.Atoi(f[3])
-	return sid, err == nil
+	ppid, err1 := strconv.Atoi(f[1])
+	sid, err2 := strconv.Atoi(f[3])
+	return procStatus{ppid: ppid, sid: sid}, err1 == nil && err2 == nil
+}
+
+// sessionOf reads the session id, field 6 of /proc/PID/stat.
+func sessionOf(pid int) (int, bool) {
+	st, ok := procStat(pid)
+	return st.sid, ok
 }
 
 // agentOnlyEnv are the agent's own settings that a step's script must never

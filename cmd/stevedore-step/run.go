@@ -334,7 +334,7 @@ func (r *runner) start(path string, args, env []string, memfd *os.File) int {
 		return r.fail(code, "start %s: %v", path, err)
 	}
 
-	g := newGroup(cmd.Process.Pid, time.Duration(r.spec.CancelGrace), r.out)
+	g := newGroup(cmd.Process.Pid, time.Duration(r.spec.CancelGrace), r.out, r.stepDir)
 	go g.watch(r.sigs)
 
 	if err := waitExited(cmd.Process.Pid); err != nil {
@@ -359,8 +359,8 @@ func (r *runner) start(path string, args, env []string, memfd *os.File) int {
 		r.res.Message = r.out.failMessage
 	}
 	r.out.mu.Unlock()
-	if sig := g.cancelled(); sig != nil && r.res.Message == "" {
-		r.res.Message = "cancelled: the runner received " + signalName(sig)
+	if g.cancelled() != nil && r.res.Message == "" {
+		r.res.Message = g.cancelMessage()
 	}
 	return r.finish()
 }

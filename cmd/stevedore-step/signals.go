@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -30,19 +32,25 @@ type group struct {
 	pgid  int
 	grace time.Duration
 	out   *output
+	// mark is the environment entry every process of the step inherits
+	// (STEVEDORE_STEP_DIR=...): a cancel reaches, by it, the script's
+	// daemons that left its process group (setsid, double fork).
+	mark []byte
 
 	mu       sync.Mutex
 	reaped   bool
 	received os.Signal // the first cancel signal, if any
+	killed   bool      // the grace ran out and SIGKILL was sent
 
 	done chan struct{} // closed by reap
 }
 
-func newGroup(pgid int, grace time.Duration, out *output) *group {
+func newGroup(pgid int, grace time.Duration, out *output, stepDir string) *group {
 	if grace <= 0 {
 		grace = defaultCancelGrace
 	}
-	return &group{pgid: pgid, grace: grace, out: out, done: make(chan struct{})}
+	mark := []byte(envStepDir + "=" + stepDir + "\x00")
+	return &group{pgid: pgid, grace: grace, out: out, mark: mark, done: make(chan struct{})}
 }
 
 // watch cancels the script when a signal arrives on sigs, until reap.
@@ -64,13 +72,18 @@ func (g *group) watch(sigs <-chan os.Signal) {
 			}
 			g.out.runnerLine("received %s: sending SIGTERM to the script's processes; SIGKILL in %s", signalName(sig), g.grace)
 			g.signal(unix.SIGTERM)
+			g.signalMarked(unix.SIGTERM)
 			t := time.NewTimer(g.grace)
 			defer t.Stop()
 			kill = t.C
 		case <-kill:
 			kill = nil
 			g.out.runnerLine("the script's processes did not end within %s: sending SIGKILL", g.grace)
+			g.mu.Lock()
+			g.killed = true
+			g.mu.Unlock()
 			g.signal(unix.SIGKILL)
+			g.signalMarked(unix.SIGKILL)
 		case <-g.done:
 			return
 		}
@@ -87,6 +100,46 @@ func (g *group) signal(sig syscall.Signal) bool {
 	}
 	err := unix.Kill(-g.pgid, sig)
 	return !errors.Is(err, unix.ESRCH)
+}
+
+// signalMarked sends sig to every process outside the group that carries
+// the step's mark in its environment: the script's daemons. There is no
+// cgroup to ask; a daemon that cleared its environment escapes (on the host
+// the agent's kill of the runner's session and of the mark sweeps again).
+func (g *group) signalMarked(sig syscall.Signal) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || pid == 1 {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !(bytes.HasPrefix(env, g.mark) || bytes.Contains(env, append([]byte{0}, g.mark...))) {
+			continue
+		}
+		if pgid, err := unix.Getpgid(pid); err == nil && pgid == g.pgid {
+			continue // the group's own: signalled with it
+		}
+		_ = unix.Kill(pid, sig)
+	}
+}
+
+// cancelMessage is the exit record's message for a cancelled script: the
+// signal received, and whether the grace ran out.
+func (g *group) cancelMessage() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.received == nil {
+		return ""
+	}
+	if g.killed {
+		return "cancelled: the runner received " + signalName(g.received) + "; the script ignored SIGTERM for " + g.grace.String() + " and was killed with SIGKILL"
+	}
+	return "cancelled: the runner received " + signalName(g.received)
 }
 
 // reap tells group that the main process is about to be reaped: no signal
