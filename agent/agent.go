@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"stevedore/executor"
 	"stevedore/internal/engine"
+	"stevedore/internal/stepspec"
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/registry"
 	"stevedore/transport"
@@ -41,6 +43,13 @@ type Config struct {
 	// Credentials resolves feeds and Docker's own credential config; nil:
 	// inline credentials only.
 	Credentials CredentialResolver
+	// Retention is how long a completed step the server never collected
+	// (CompleteStep) keeps its container and workspace, and how long a
+	// collected step's tombstone answers a repeated call; default 24 h.
+	Retention time.Duration
+	// ReapInterval is how often the reaper runs after the one at start-up;
+	// default 10 min.
+	ReapInterval time.Duration
 }
 
 // CredentialResolver finds the credentials for an image (registry.Resolver).
@@ -85,6 +94,9 @@ type Agent struct {
 
 	mu    sync.Mutex
 	steps map[string]*step
+	// refusing, when set, is why StartStep refuses new tickets (draining
+	// or shutting down).
+	refusing string
 
 	dockerMu   sync.Mutex
 	docker     *executor.Docker
@@ -107,6 +119,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 24 * time.Hour
+	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 10 * time.Minute
 	}
 	if cfg.Identity == nil || cfg.Bundle == nil {
 		return nil, errors.New("agent: an identity and a bundle are required")
@@ -150,6 +168,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	go a.flushImages()
+	go a.reapLoop()
 	return a, nil
 }
 
@@ -173,6 +192,7 @@ func (a *Agent) flushImages() {
 // Close stops accepting work and releases the journal. Running steps go on
 // (their runners are detached) and are picked up by the next agent process.
 func (a *Agent) Close() error {
+	a.StopAccepting("this agent is shutting down; it takes no new steps")
 	a.cancel()
 	serr := a.images.Close()
 	if err := a.journal.close(); err != nil {
@@ -205,6 +225,123 @@ func (a *Agent) dockerExecutor(ctx context.Context) (*executor.Docker, error) {
 	go a.coord.RunPrepull(a.ctx, im.Prepull, im.Refresh, im.GCInterval)
 	return a.docker, nil
 }
+
+// dockerAvailable reports whether the engine answers now: it connects if
+// not connected yet, and pings if connected, since the engine may have
+// gone away (stopped or restarting) since.
+func (a *Agent) dockerAvailable(ctx context.Context) error {
+	d, err := a.dockerExecutor(ctx)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := d.Ping(pctx); err != nil {
+		a.dockerMu.Lock()
+		host := a.dockerInfo.Host
+		a.dockerMu.Unlock()
+		return fmt.Errorf("%w: the engine at %s stopped answering (stopped or restarting?): %w", executor.ErrEngine, host, err)
+	}
+	return nil
+}
+
+// StopAccepting makes StartStep refuse new tickets with Unavailable and
+// reason; a repeated StartStep of a known ticket is still answered.
+func (a *Agent) StopAccepting(reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refusing == "" {
+		a.refusing = reason
+	}
+}
+
+// Drain refuses new steps and returns once every step the agent holds has
+// ended, or ctx ends. The service goes on meanwhile, so the server still
+// follows the running steps to their end.
+func (a *Agent) Drain(ctx context.Context) error {
+	a.StopAccepting("this agent is draining: it finishes its running steps and takes no new ones; send the step to another worker")
+	a.mu.Lock()
+	var open []*step
+	for _, s := range a.steps {
+		open = append(open, s)
+	}
+	a.mu.Unlock()
+	a.log.Info("draining: refusing new steps, waiting for the running ones", "steps", len(open))
+	for _, s := range open {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %w", ctx.Err())
+		}
+	}
+	a.log.Info("drained: no step is running")
+	return nil
+}
+
+// reattach follows a step whose runner an earlier agent process started.
+// A container step whose engine does not answer waits for it instead of
+// failing: the container and its files outlive the engine being away. If
+// the runner's exit record appears meanwhile, the step ends from it.
+func (a *Agent) reattach(s *step, spec *executor.Spec, req *pb.StartStepRequest) {
+	log := a.log.With("ticket", s.rec.Ticket)
+	log.Info("reattaching to the step's runner")
+	backoff, told := time.Second, false
+	for {
+		ex, err := a.executorFor(s.ctx, &s.rec, req)
+		if err == nil {
+			a.follow(s, ex, spec, req)
+			return
+		}
+		if !errors.Is(err, executor.ErrEngine) {
+			a.finish(s, spec, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", err.Error())
+			return
+		}
+		if _, serr := os.Stat(filepath.Join(s.rec.StepDir, stepspec.ResultFile)); serr == nil {
+			// The runner has ended: its own records say all there is.
+			a.follow(s, endedRunner{}, spec, req)
+			return
+		}
+		if !told {
+			told = true
+			log.Warn("cannot reattach until the Docker Engine answers", "error", err)
+			s.agentLog(fmt.Sprintf("the Docker Engine does not answer (%v); the step is followed again when it does", err))
+		}
+		select {
+		case <-a.ctx.Done():
+			return // shutting down; the next agent process reattaches
+		case <-s.ctx.Done():
+			s.mu.Lock()
+			outcome, detail := s.stopReason, s.stopDetail
+			s.mu.Unlock()
+			if outcome == pb.Outcome_OUTCOME_UNSPECIFIED {
+				return
+			}
+			reason := detail + "; the Docker Engine does not answer, so the step's container could not be stopped"
+			s.agentLog(reason)
+			a.finish(s, spec, outcome, nil, "", reason)
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// endedRunner stands in for the Docker executor when the engine is away
+// but the runner's result.json shows it has ended: nothing is left to wait
+// for or signal.
+type endedRunner struct{}
+
+func (endedRunner) Prepare(context.Context, *executor.Spec, executor.LogFunc) error {
+	return fmt.Errorf("%w: not connected", executor.ErrEngine)
+}
+func (endedRunner) Start(context.Context, *executor.Spec, []byte) error {
+	return fmt.Errorf("%w: not connected", executor.ErrEngine)
+}
+func (endedRunner) Wait(context.Context, *executor.Spec) (executor.Exit, error) {
+	return executor.Exit{Code: -1}, nil
+}
+func (endedRunner) Signal(context.Context, *executor.Spec, syscall.Signal) error { return nil }
+func (endedRunner) Remove(context.Context, *executor.Spec) error                 { return nil }
 
 func (a *Agent) executorFor(ctx context.Context, rec *stepRecord, req *pb.StartStepRequest) (executor.Executor, error) {
 	if req.GetExecution().GetContainer() == nil {

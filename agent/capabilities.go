@@ -33,7 +33,7 @@ func (a *Agent) GetCapabilities(ctx context.Context, _ *pb.GetCapabilitiesReques
 		Docker:       &pb.DockerEngine{},
 		CachedImages: a.cachedImages(),
 	}
-	if _, err := a.dockerExecutor(ctx); err != nil {
+	if err := a.dockerAvailable(ctx); err != nil {
 		caps.Docker.Error = err.Error()
 	} else {
 		a.dockerMu.Lock()

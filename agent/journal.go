@@ -68,6 +68,13 @@ func (j *journal) create(rec *stepRecord) (bool, error) {
 	return created, err
 }
 
+// delete removes the record of ticket, if any.
+func (j *journal) delete(ticket string) error {
+	return j.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(stepsBucket).Delete([]byte(ticket))
+	})
+}
+
 // all returns every record.
 func (j *journal) all() ([]*stepRecord, error) {
 	var out []*stepRecord

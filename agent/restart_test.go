@@ -3,9 +3,17 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 
 	"stevedore/executor"
 	"stevedore/internal/testenv"
@@ -92,5 +100,128 @@ func TestImageRecordsAndVerdictsSurviveRestart(t *testing.T) {
 	}
 	if len(caps.GetCachedImages()) == 0 || caps.GetCachedImages()[0].GetImageId() != imageID {
 		t.Errorf("cached images after restart: %v", caps.GetCachedImages())
+	}
+}
+
+// What happened to a step while no agent ran is what the next agent
+// reports: the real exit code of a step that ended (even if its container
+// was removed since, result.json says how it ended), LOST with what is known
+// for a step whose container or runner vanished without an exit record.
+func TestReattachAfterRestart(t *testing.T) {
+	const twoLines = "echo line 1; sleep 1; echo line 2; exit 3"
+	const forever = "echo line 1; sleep 120; echo never"
+	tests := []struct {
+		name       string
+		exec       *pb.Execution
+		script     string
+		whileDown  []func(t *testing.T, ta *testAgent, tk string)
+		want       pb.Outcome
+		wantCode   int // -1: none
+		wantLines  int
+		wantReason string // a substring of the reason
+	}{
+		{"host ended while down", host(), twoLines, down(waitResult), pb.Outcome_OUTCOME_FAILED, 3, 2, "exited with code 3"},
+		{"container ended while down", inContainer(testenv.Bookworm), twoLines, down(waitResult), pb.Outcome_OUTCOME_FAILED, 3, 2, "exited with code 3"},
+		{"container ended, then removed while down", inContainer(testenv.Bookworm), twoLines, down(waitResult, removeContainer), pb.Outcome_OUTCOME_FAILED, 3, 2, "exited with code 3"},
+		{"container vanished while down", inContainer(testenv.Bookworm), forever, down(removeContainer), pb.Outcome_OUTCOME_LOST, -1, 1, "no longer exists"},
+		{"host runner killed while down", host(), forever, down(killRunner), pb.Outcome_OUTCOME_LOST, -1, 1, "is gone"},
+	}
+	withImages(t, testenv.Bookworm)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := startAgent(t)
+			tk := ticket(t)
+			if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Execution: tt.exec, Script: bash(tt.script)}); err != nil {
+				t.Fatal(err)
+			}
+			waitForLine(t, ta, tk, "line 1")
+			ta.stop()
+			for _, f := range tt.whileDown {
+				f(t, ta, tk)
+			}
+			ta.start()
+			run := ta.follow(t, tk)
+			if got := run.final.GetOutcome(); got != tt.want || exitCode(run.final) != tt.wantCode {
+				t.Fatalf("outcome %v exit %d (%s), want %v exit %d", got, exitCode(run.final), run.final.GetReason(), tt.want, tt.wantCode)
+			}
+			if !strings.Contains(run.final.GetReason(), tt.wantReason) {
+				t.Errorf("reason %q does not say %q", run.final.GetReason(), tt.wantReason)
+			}
+			if len(run.stdout) != tt.wantLines {
+				t.Errorf("stdout %q, want %d lines", run.stdout, tt.wantLines)
+			}
+			ta.complete(t, tk)
+		})
+	}
+}
+
+func down(fs ...func(t *testing.T, ta *testAgent, tk string)) []func(t *testing.T, ta *testAgent, tk string) {
+	return fs
+}
+
+// waitResult waits for the step's runner to write result.json.
+func waitResult(t *testing.T, ta *testAgent, tk string) {
+	t.Helper()
+	path := filepath.Join(ta.stateDir, "steps", tk, "result.json")
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("no %s", path)
+}
+
+// removeContainer removes the step's container as `docker rm -f` does.
+func removeContainer(t *testing.T, _ *testAgent, tk string) {
+	t.Helper()
+	cli := withImages(t)
+	ctx := context.Background()
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", executor.LabelTicket+"="+tk))})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("the step's container: %v %v", list, err)
+	}
+	if err := cli.ContainerRemove(ctx, list[0].ID, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// killRunner SIGKILLs every process of the host step's session, as a
+// reboot or an OOM killer might, and waits for the runner to be gone.
+func killRunner(t *testing.T, ta *testAgent, tk string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(ta.stateDir, "steps", tk, "runner.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	killSession(sid)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", sid)); err != nil {
+			return
+		}
+	}
+	t.Fatalf("runner %d did not die", sid)
+}
+
+// killSession SIGKILLs every process whose session id (field 6 of
+// /proc/PID/stat) is sid.
+func killSession(sid int) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if f := strings.Fields(string(b[i+1:])); i >= 0 && len(f) > 3 && f[3] == strconv.Itoa(sid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }

@@ -42,14 +42,14 @@ func (a *Agent) run(s *step) {
 		return
 	}
 	spec := a.execSpec(s, req, secrets)
+	if s.rec.RunnerStarted {
+		// An earlier agent process started the runner: follow it again.
+		a.reattach(s, spec, req)
+		return
+	}
 	ex, err := a.executorFor(s.ctx, &s.rec, req)
 	if err != nil {
 		a.finish(s, spec, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", err.Error())
-		return
-	}
-	if s.rec.RunnerStarted {
-		// An earlier agent process started the runner: follow it again.
-		a.follow(s, ex, spec, req)
 		return
 	}
 
@@ -297,12 +297,19 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 		default:
 			outcome = pb.Outcome_OUTCOME_LOST
 			reason = fmt.Sprintf("the step runner ended without an exit record (exit code %d)", exit.Code)
+			if exit.Vanished {
+				reason = "the step runner left no exit record"
+			}
 			if exit.Detail != "" {
 				reason += ": " + exit.Detail
 			}
 		}
 	default:
 		outcome, reason = pb.Outcome_OUTCOME_AGENT_ERROR, resErr.Error()
+	}
+	if exit.EngineInterrupted && stopReason == pb.Outcome_OUTCOME_UNSPECIFIED && outcome != pb.Outcome_OUTCOME_SUCCEEDED {
+		// Say why the script was stopped: the engine stops containers when it stops.
+		reason = fmt.Sprintf("the Docker Engine went away while the step ran and stopped its container (exit code %d recorded); %s", exit.Code, reason)
 	}
 	if reason != "" && outcome != pb.Outcome_OUTCOME_FAILED {
 		s.agentLog(reason)

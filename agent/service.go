@@ -63,6 +63,9 @@ func (a *Agent) accept(req *pb.StartStepRequest) (*step, error) {
 	if s := a.steps[req.GetTicket()]; s != nil {
 		return s, nil
 	}
+	if a.refusing != "" {
+		return nil, status.Error(codes.Unavailable, a.refusing)
+	}
 	stepKey := make([]byte, 32)
 	if _, err := rand.Read(stepKey); err != nil {
 		return nil, status.Errorf(codes.Internal, "step key: %v", err)
@@ -207,6 +210,7 @@ func (a *Agent) removeStep(ctx context.Context, s *step) error {
 		return fmt.Errorf("remove %s: %w", rec.StepDir, err)
 	}
 	s.rec.Completed = true
+	s.rec.RemovedAt = time.Now().UTC()
 	s.rec.PreLines, s.rec.PostLines = nil, nil
 	s.persistLocked()
 	a.log.Debug("step removed", "ticket", rec.Ticket)

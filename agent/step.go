@@ -50,6 +50,9 @@ type stepRecord struct {
 	// Completed: CompleteStep removed the container and workspace; the
 	// record stays as a tombstone so a repeated call is answered.
 	Completed bool `json:"completed,omitempty"`
+	// RemovedAt is when the tombstone was made; the reaper prunes it after
+	// the retention.
+	RemovedAt time.Time `json:"removed_at,omitzero"`
 }
 
 type agentLine struct {

@@ -8,10 +8,12 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/hashicorp/go-hclog"
@@ -42,6 +44,8 @@ type DockerAPI interface {
 	ContainerKill(ctx context.Context, id, signal string) error
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
 	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
+	Ping(ctx context.Context) (types.Ping, error)
 }
 
 // hijacked is the write side of an attached container's standard input.
@@ -66,12 +70,14 @@ type Docker struct {
 
 	mu     sync.Mutex
 	leases map[string]*registry.Lease
+	// interrupted: tickets whose wait the engine broke off (it went away).
+	interrupted map[string]bool
 }
 
 // NewDocker returns a Docker executor over the client cli.
 func NewDocker(cli *client.Client, images *registry.Coordinator, verdicts VerdictStore, bundle *Bundle, agentID string, probes *ProbeCache, log hclog.Logger) *Docker {
 	return &Docker{api: clientAdapter{cli}, images: images, verdicts: verdicts, bundle: bundle, agentID: agentID, probes: probes,
-		log: log.Named("docker"), leases: map[string]*registry.Lease{}}
+		log: log.Named("docker"), leases: map[string]*registry.Lease{}, interrupted: map[string]bool{}}
 }
 
 // ContainerName is the step's container name on the engine.
@@ -232,7 +238,10 @@ func (d *Docker) Start(ctx context.Context, spec *Spec, stdin []byte) error {
 	return nil
 }
 
-// Wait implements Executor.
+// Wait implements Executor. A container that no longer exists is an exit
+// with Code -1 and a Detail saying so, not an error: retrying cannot help.
+// A wait the engine broke off (it stopped or restarted) is an error; the
+// exit reported once it answers again says the engine went away meanwhile.
 func (d *Docker) Wait(ctx context.Context, spec *Spec) (Exit, error) {
 	name := d.ContainerName(spec.Ticket)
 	statusCh, errCh := d.api.ContainerWait(ctx, name, container.WaitConditionNotRunning)
@@ -241,15 +250,34 @@ func (d *Docker) Wait(ctx context.Context, spec *Spec) (Exit, error) {
 	case st := <-statusCh:
 		code = st.StatusCode
 	case err := <-errCh:
+		if errdefs.IsNotFound(err) {
+			return Exit{Code: -1, Vanished: true, Detail: fmt.Sprintf("its container %s no longer exists (removed outside the agent)", name)}, nil
+		}
+		if ctx.Err() == nil {
+			d.mu.Lock()
+			d.interrupted[spec.Ticket] = true
+			d.mu.Unlock()
+		}
 		return Exit{Code: -1}, fmt.Errorf("%w: wait for %s: %w", ErrEngine, name, err)
 	}
 	exit := Exit{Code: int(code)}
-	if c, err := d.api.ContainerInspect(ctx, name); err == nil && c.State != nil {
+	c, err := d.api.ContainerInspect(ctx, name)
+	switch {
+	case errdefs.IsNotFound(err):
+		return Exit{Code: -1, Vanished: true, Detail: fmt.Sprintf("its container %s no longer exists (removed outside the agent)", name)}, nil
+	case err == nil && c.State != nil:
 		exit.OOMKilled = c.State.OOMKilled
+		if c.State.Status == container.StateCreated {
+			// The agent stopped between recording the start and making it.
+			return Exit{Code: -1, Detail: fmt.Sprintf("its container %s was created but never started", name)}, nil
+		}
 	}
 	if code > 128 && code < 128+65 {
 		exit.Signal = signalName(syscall.Signal(code - 128))
 	}
+	d.mu.Lock()
+	exit.EngineInterrupted = d.interrupted[spec.Ticket]
+	d.mu.Unlock()
 	exit.Detail = d.logTail(ctx, name)
 	return exit, nil
 }
@@ -280,6 +308,9 @@ func (d *Docker) Signal(ctx context.Context, spec *Spec, sig syscall.Signal) err
 // Remove implements Executor.
 func (d *Docker) Remove(ctx context.Context, spec *Spec) error {
 	defer d.releaseImage(spec.Ticket)
+	d.mu.Lock()
+	delete(d.interrupted, spec.Ticket)
+	d.mu.Unlock()
 	name := d.ContainerName(spec.Ticket)
 	err := d.api.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err == nil || errdefs.IsNotFound(err) {
@@ -289,6 +320,56 @@ func (d *Docker) Remove(ctx context.Context, spec *Spec) error {
 		return nil
 	}
 	return fmt.Errorf("%w: remove %s: %w", ErrEngine, name, err)
+}
+
+// Ping checks that the engine answers.
+func (d *Docker) Ping(ctx context.Context) error {
+	if _, err := d.api.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: ping: %w", ErrEngine, err)
+	}
+	return nil
+}
+
+// ManagedContainer is a container of this agent, as the engine lists it.
+type ManagedContainer struct {
+	ID      string
+	Name    string
+	Ticket  string
+	State   string
+	Created time.Time
+}
+
+// Containers lists this agent's containers: those with its own
+// io.stevedore.agent label, so another agent's on the same engine are never
+// among them. Safe to call at any time.
+func (d *Docker) Containers(ctx context.Context) ([]ManagedContainer, error) {
+	list, err := d.api.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", LabelManaged+"=true"), filters.Arg("label", LabelAgent+"="+d.agentID))})
+	if err != nil {
+		return nil, fmt.Errorf("%w: list containers: %w", ErrEngine, err)
+	}
+	out := make([]ManagedContainer, 0, len(list))
+	for _, c := range list {
+		if c.Labels[LabelAgent] != d.agentID { // belt and braces over the filter
+			continue
+		}
+		name := c.ID
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out = append(out, ManagedContainer{ID: c.ID, Name: name, Ticket: c.Labels[LabelTicket], State: string(c.State), Created: time.Unix(c.Created, 0)})
+	}
+	return out, nil
+}
+
+// RemoveContainer force-removes one of this agent's containers, as listed
+// by Containers. Idempotent.
+func (d *Docker) RemoveContainer(ctx context.Context, c ManagedContainer) error {
+	err := d.api.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) {
+		return nil
+	}
+	return fmt.Errorf("%w: remove %s: %w", ErrEngine, c.Name, err)
 }
 
 func parsePlatform(s string) (ocispec.Platform, error) {

@@ -65,6 +65,12 @@ type Exit struct {
 	// Detail is extra evidence for a runner that died without result.json,
 	// such as the tail of its own output.
 	Detail string
+	// Vanished: the step's container or runner process is gone without a
+	// trace of how it ended (removed, or killed while no agent watched).
+	Vanished bool
+	// EngineInterrupted: the Docker Engine went away while the step ran; it
+	// stops running containers when it stops, so Code is what it recorded.
+	EngineInterrupted bool
 }
 
 // LogFunc writes a line to the step's log as the agent (pull progress,

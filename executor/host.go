@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,12 +106,15 @@ func (h *Host) Wait(ctx context.Context, spec *Spec) (Exit, error) {
 		}
 	}
 	pid, err := h.pid(spec)
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) {
+		// The agent stopped between recording the start and making it.
+		return Exit{Code: -1, Vanished: true, Detail: "its runner was never started (no " + hostPIDFile + ")"}, nil
+	} else if err != nil {
 		return Exit{Code: -1}, err
 	}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for alive(pid) {
+	for runnerAlive(pid) {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -118,7 +122,14 @@ func (h *Host) Wait(ctx context.Context, spec *Spec) (Exit, error) {
 		}
 	}
 	// Not our child: its status went to init; result.json tells the rest.
-	return Exit{Code: -1}, nil
+	return Exit{Code: -1, Vanished: true, Detail: fmt.Sprintf("its runner process (pid %d) is gone", pid)}, nil
+}
+
+// runnerAlive: pid is still a runner, i.e. alive and leading its own
+// session, so a pid the OS reused for another process does not count.
+func runnerAlive(pid int) bool {
+	sid, ok := sessionOf(pid)
+	return ok && sid == pid && alive(pid)
 }
 
 // Signal implements Executor.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,7 +30,7 @@ func newAgentCommand() *cobra.Command {
 		server, serverThumbprint                                string
 		trust, labels, pools                                    []string
 		maxSteps                                                int
-		grace                                                   time.Duration
+		grace, retention                                        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -85,7 +87,7 @@ over the file.`,
 			for k, v := range lbl {
 				cfg.Labels[k] = v
 			}
-			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint}, log)
+			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint, retention: retention}, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
@@ -102,11 +104,76 @@ over the file.`,
 	f.StringVar(&serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
 	f.StringArrayVar(&pools, "pool", nil, "a pool this worker belongs to (repeatable)")
 	f.StringVar(&logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
+	f.DurationVar(&retention, "retention", 24*time.Hour, "how long an uncollected completed step keeps its container and workspace, and a collected one its tombstone")
+	cmd.AddCommand(newAgentDrainCommand())
 	return cmd
 }
 
 // polling is the server a polling agent dials; empty addr: listening mode.
-type polling struct{ addr, thumbprint string }
+// retention rides along so that serveAgent's signature stays as it is.
+type polling struct {
+	addr, thumbprint string
+	retention        time.Duration
+}
+
+// agentPIDFile, in the state dir, names the running agent's process for
+// `stevedore agent drain`.
+const agentPIDFile = "agent.pid"
+
+func newAgentDrainCommand() *cobra.Command {
+	var (
+		stateDir string
+		wait     bool
+		timeout  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "drain",
+		Short: "Drain the running agent: it takes no new steps, finishes the running ones, then exits",
+		Long: `Signals the agent running on --state-dir (SIGQUIT, as its pid file names
+it). The agent refuses new steps (Unavailable) at once, keeps serving the
+running ones until they have ended, then exits. With --wait (the default)
+this command returns when the agent has exited.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := os.ReadFile(filepath.Join(stateDir, agentPIDFile))
+			if err != nil {
+				return fmt.Errorf("no running agent on %s: %w", stateDir, err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil || pid <= 0 {
+				return fmt.Errorf("%s: not a pid: %q", agentPIDFile, b)
+			}
+			if err := syscall.Kill(pid, syscall.SIGQUIT); err != nil {
+				return fmt.Errorf("signal the agent (pid %d): %w", pid, err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "agent %d draining: no new steps; it exits when the running ones have ended\n", pid)
+			if !wait {
+				return nil
+			}
+			var deadline <-chan time.Time
+			if timeout > 0 {
+				deadline = time.After(timeout)
+			}
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for syscall.Kill(pid, 0) == nil {
+				select {
+				case <-deadline:
+					return fmt.Errorf("agent %d still running after %s", pid, timeout)
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-t.C:
+				}
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "agent %d drained and exited\n", pid)
+			return nil
+		},
+	}
+	stateDirFlag(cmd, &stateDir)
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the agent has exited")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait, give up after this long (0: no limit)")
+	return cmd
+}
 
 // serveAgent runs the agent described by cfg until SIGTERM or SIGINT.
 func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.Logger) error {
@@ -150,14 +217,33 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	a, err := agent.New(agent.Config{
 		StateDir: cfg.StateDir, Bundle: bundle, MaxSteps: cfg.MaxSteps, DefaultGrace: cfg.CancelGrace,
 		MasterKey: os.Getenv("MASTER_KEY"), Name: cfg.Name, Pools: cfg.Pools, Labels: cfg.Labels, Identity: id, Logger: log,
-		Images: images, Credentials: resolver,
+		Images: images, Credentials: resolver, Retention: poll.retention,
 	})
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+	pidFile := filepath.Join(cfg.StateDir, agentPIDFile)
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	defer os.Remove(pidFile)
+	// TERM and INT: stop at once, leaving running steps to the next agent.
+	// QUIT (`stevedore agent drain`): refuse new steps, finish the running ones.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	quit := make(chan os.Signal, 1)
+	signal.Notify(quit, syscall.SIGQUIT)
+	defer signal.Stop(quit)
+	drained := make(chan error, 1)
+	go func() {
+		select {
+		case <-quit:
+			log.Info("drain requested: refusing new steps, waiting for the running ones")
+			drained <- a.Drain(ctx)
+		case <-ctx.Done():
+		}
+	}()
 	errc := make(chan error, 1)
 	var srv *grpc.Server
 	if poll.addr != "" {
@@ -183,16 +269,23 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 		if ctx.Err() == nil {
 			return err
 		}
+	case err := <-drained:
+		if err == nil {
+			log.Info("drained; exiting")
+		}
 	case <-ctx.Done():
 	}
 	// Running steps keep running (their runners are detached); a restarted
 	// agent follows them again.
+	a.StopAccepting("this agent is shutting down; it takes no new steps")
 	log.Info("shutting down; running steps go on and are picked up on restart")
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Second):
+		// Long-polls would hold a graceful stop for up to a minute; callers
+		// simply ask the next agent process again.
 		srv.Stop()
 	}
 	return nil
