@@ -188,3 +188,36 @@ func buildBundle() (string, error) {
 	}
 	return dir, nil
 }
+
+var (
+	binaryOnce sync.Once
+	binaryPath string
+	binaryErr  error
+)
+
+// Binary builds the stevedore command once per test process, with the
+// tool bundle beside it (bundle/, where the agent looks by default), for
+// tests that run, signal and kill real processes. The directory goes with
+// CleanupBundle.
+func Binary(t testing.TB) string {
+	t.Helper()
+	bundle := BundleDir(t)
+	binaryOnce.Do(func() {
+		dir := filepath.Join(bundle, "bin")
+		if binaryErr = os.MkdirAll(dir, 0o755); binaryErr != nil {
+			return
+		}
+		binaryPath = filepath.Join(dir, "stevedore")
+		cmd := exec.Command("go", "build", "-o", binaryPath, "stevedore/cmd/stevedore")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binaryErr = fmt.Errorf("%w: %s", err, out)
+			return
+		}
+		binaryErr = os.Symlink(bundle, filepath.Join(dir, "bundle"))
+	})
+	if binaryErr != nil {
+		t.Fatalf("build stevedore: %v", binaryErr)
+	}
+	return binaryPath
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/server"
+)
+
+// apiClient calls the server's HTTP API.
+type apiClient struct {
+	base       string
+	user, pass string
+	http       *http.Client
+}
+
+// apiStatusError is an answer of the API other than success.
+type apiStatusError struct {
+	code int
+	msg  string
+}
+
+func (e *apiStatusError) Error() string {
+	if e.code == http.StatusUnauthorized {
+		return "the server refused the credentials: give --user and --password (or STEVEDORE_USER and STEVEDORE_PASSWORD)"
+	}
+	return fmt.Sprintf("server answered %d: %s", e.code, e.msg)
+}
+
+// call sends a request and decodes a JSON answer into out (or copies the
+// body to an io.Writer).
+func (c *apiClient) call(ctx context.Context, method, path string, body, out any) error {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(c.user, c.pass)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e server.APIError
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return &apiStatusError{code: resp.StatusCode, msg: e.Error}
+	}
+	if w, ok := out.(io.Writer); ok {
+		_, err = io.Copy(w, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// transientAPIError: the server is restarting, or the network in between
+// is failing; the same request may be sent again.
+func transientAPIError(err error) bool {
+	var se *apiStatusError
+	if errors.As(err, &se) {
+		return se.code == http.StatusBadGateway || se.code == http.StatusServiceUnavailable || se.code == http.StatusGatewayTimeout
+	}
+	var ue *url.Error
+	return errors.As(err, &ue) && !errors.Is(err, context.Canceled)
+}
+
+// retryAPI calls f until it succeeds, fails for good, or the server has
+// been unreachable for unreachableFor. Every call it retries is idempotent
+// (a submission carries its key).
+func retryAPI(ctx context.Context, f func() error) error {
+	deadline := time.Now().Add(unreachableFor)
+	backoff := 200 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || !transientAPIError(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// runViaServer submits the step to the server's API, streams its log and
+// ends as direct mode does: same output, result file and exit codes.
+func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, stdout, stderr *bufio.Writer) error {
+	if (o.pool == "") == (o.worker == "") {
+		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
+	}
+	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, http: &http.Client{}}
+	step, err := protojson.Marshal(req)
+	if err != nil {
+		return err
+	}
+	// The ticket made for this run is the submission's key: a submission
+	// repeated after a lost answer does not run the step twice.
+	body := server.SubmitBody{Worker: o.worker, Pool: o.pool, Key: req.Ticket, Step: step}
+	var v server.StepView
+	if err := retryAPI(ctx, func() error { return c.call(ctx, "POST", "/api/steps", body, &v) }); err != nil {
+		return exitCodeError{exitCannotRun, fmt.Errorf("submit to %s: %w", o.server, err)}
+	}
+	fmt.Fprintf(stderr, "stevedore: step %s queued on %s\n", v.ID, o.server)
+	stderr.Flush()
+	after := uint64(0)
+	var final server.StepView
+	for {
+		var page server.LogPage
+		path := fmt.Sprintf("/api/steps/%s/log?after=%d&wait=30s&max=5000", url.PathEscape(v.ID), after)
+		if err := retryAPI(ctx, func() error { return c.call(ctx, "GET", path, nil, &page) }); err != nil {
+			return exitCodeError{exitCannotRun, fmt.Errorf("follow step %s: %w", v.ID, err)}
+		}
+		after = printLines(logLines(page.Lines), after, stdout, stderr)
+		stdout.Flush()
+		stderr.Flush()
+		if page.Step.State == server.StateComplete && len(page.Lines) == 0 {
+			final = page.Step
+			break
+		}
+	}
+	outcome := pb.Outcome(pb.Outcome_value["OUTCOME_"+final.Outcome])
+	st := &pb.StepStatus{Outcome: outcome, ExitCode: final.ExitCode, Signal: final.Signal, Reason: final.Reason}
+	res := runResult{Ticket: v.ID, Outcome: final.Outcome, ExitCode: final.ExitCode, Signal: final.Signal, Reason: final.Reason,
+		OutputVariables: final.OutputVariables, Artifacts: []runArtifact{}}
+	if res.OutputVariables == nil {
+		res.OutputVariables = map[string]string{}
+	}
+	for _, a := range final.Artifacts {
+		ra := runArtifact{Name: a.Name, Path: a.Path, Size: a.Size, SHA256: a.SHA256}
+		if o.resultFile != "" {
+			file, err := c.downloadArtifact(ctx, v.ID, a, filepath.Dir(o.resultFile))
+			if err != nil {
+				fmt.Fprintf(stderr, "stevedore: artifact %s: %v\n", a.Name, err)
+			}
+			ra.File = file
+		}
+		res.Artifacts = append(res.Artifacts, ra)
+	}
+	return finishRun(o, res, st, stdout, stderr)
+}
+
+// logLines turns task log entries back into the wire's lines for printLines.
+func logLines(entries []server.LogEntry) []*pb.LogLine {
+	out := make([]*pb.LogLine, 0, len(entries))
+	for _, e := range entries {
+		src := pb.LogSource_LOG_SOURCE_AGENT
+		switch e.Source {
+		case "stdout":
+			src = pb.LogSource_LOG_SOURCE_STDOUT
+		case "stderr":
+			src = pb.LogSource_LOG_SOURCE_STDERR
+		}
+		out = append(out, &pb.LogLine{Sequence: e.Sequence, Source: src, Time: timestamppb.New(e.Time), Text: e.Content(), Partial: e.Partial})
+	}
+	return out
+}
+
+func (c *apiClient) downloadArtifact(ctx context.Context, id string, a server.Artifact, dir string) (string, error) {
+	path := filepath.Join(dir, filepath.Base(filepath.Clean("/"+a.Name)))
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	err = retryAPI(ctx, func() error {
+		if err := f.Truncate(0); err != nil {
+			return err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		h.Reset()
+		return c.call(ctx, "GET", "/api/steps/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(a.Name), nil, io.MultiWriter(f, h))
+	})
+	if err != nil {
+		return "", err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != a.SHA256 {
+		return "", fmt.Errorf("downloaded SHA-256 %s, want %s", got, a.SHA256)
+	}
+	return path, f.Sync()
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"stevedore/server"
+	"stevedore/transport"
+)
+
+// defaultDataDir holds a server's identity, database, task logs and artifacts.
+const defaultDataDir = "/var/lib/stevedore-server"
+
+type serverOptions struct {
+	dataDir, httpAddr, pollingAddr, taskLogs, artifacts, logLevel string
+	trust                                                         []string
+	builtinWorker                                                 bool
+	builtinSlots                                                  int
+}
+
+func newServerCommand() *cobra.Command {
+	var o serverOptions
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the reference server: a step queue, polling workers and an HTTP API",
+		Long: `Runs stevedore's reference server. Polling agents dial --polling (mutual TLS:
+the server accepts only the thumbprints given with --trust; agents pin the
+server's, which ` + "`stevedore cert --state-dir DATA_DIR`" + ` prints). Steps submitted
+through the HTTP API on --http are queued durably, dispatched to a worker or a
+pool with a free slot, and followed to their end: every log line is stored in
+the task log before the step's cursor moves, so a restarted server resumes
+each step with nothing lost and nothing twice.
+
+The API's admin credentials are created on the first start from
+ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
+generated and written to DATA_DIR/admin-password. MASTER_KEY (base64 of 16
+bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
+
+--builtin-worker runs an agent inside the server, connected over the polling
+port like any other worker, in the pool "builtin".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(cmd.Context(), &o, cmd.ErrOrStderr()) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
+	f.StringVar(&o.httpAddr, "http", ":8080", "address of the HTTP API")
+	f.StringVar(&o.pollingAddr, "polling", ":10943", "address polling agents dial")
+	f.StringArrayVar(&o.trust, "trust", nil, "thumbprint of an agent allowed to connect (repeatable)")
+	f.StringVar(&o.taskLogs, "task-logs", "", "task log directory (default DATA_DIR/taskLogs)")
+	f.StringVar(&o.artifacts, "artifacts", "", "artifact directory (default DATA_DIR/artifacts)")
+	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
+	f.IntVar(&o.builtinSlots, "builtin-worker-slots", 2, "steps the built-in worker runs at once")
+	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
+	return cmd
+}
+
+func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]byte) (int, error) }) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log := hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
+	id, _, err := transport.LoadOrCreateIdentity(o.dataDir)
+	if err != nil {
+		return err
+	}
+	trust, err := transport.NewTrustList(o.trust...)
+	if err != nil {
+		return err
+	}
+	if len(o.trust) == 0 && !o.builtinWorker {
+		log.Warn("no --trust thumbprints: no polling agent can connect (listening workers can still be registered)")
+	}
+	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
+		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
+		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	pollLis, err := net.Listen("tcp", o.pollingAddr)
+	if err != nil {
+		return fmt.Errorf("polling port: %w", err)
+	}
+	defer pollLis.Close()
+	httpLis, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("http port: %w", err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 2)
+	go func() { errs <- srv.ServePolling(pollLis) }()
+	go func() { errs <- hs.Serve(httpLis) }()
+	if o.builtinWorker {
+		stopWorker, err := startBuiltinWorker(ctx, o.dataDir, pollLis.Addr().String(), id, trust, o.builtinSlots, log)
+		if err != nil {
+			return fmt.Errorf("built-in worker: %w", err)
+		}
+		defer stopWorker()
+	}
+	log.Info("server ready", "thumbprint", id.Thumbprint, "polling", pollLis.Addr().String(), "http", httpLis.Addr().String(),
+		"data_dir", o.dataDir, "builtin_worker", o.builtinWorker)
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: running steps go on on their workers and are resumed at the next start")
+	case err := <-errs:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hs.Shutdown(sctx)
+	return nil
+}

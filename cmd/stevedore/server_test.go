@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"stevedore/internal/testenv"
+	"stevedore/server"
+)
+
+const testAdmin, testPassword = "admin", "server-test-password"
+
+// freePort returns a loopback address nothing listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is a stevedore process of a test, its output in a file.
+type proc struct {
+	cmd *exec.Cmd
+	out string
+}
+
+func start(t *testing.T, logName string, args ...string) *proc {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), logName)
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(testenv.Binary(t), args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "ADMIN_USERNAME="+testAdmin, "ADMIN_PASSWORD="+testPassword)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: out}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			p.cmd.Wait()
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(out)
+			t.Logf("%s:\n%s", logName, b)
+		}
+	})
+	return p
+}
+
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+}
+
+func thumbprint(t *testing.T, dir string) string {
+	t.Helper()
+	out, err := exec.Command(testenv.Binary(t), "cert", "--state-dir", dir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// waitHTTP waits until the API at base answers.
+func waitHTTP(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server at %s did not answer: %v", base, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// serverSetup is a server's data dir, ports and command line.
+type serverSetup struct {
+	dataDir, http, polling, thumbprint string
+	args                               []string
+}
+
+func newServerSetup(t *testing.T, extra ...string) *serverSetup {
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	s := &serverSetup{dataDir: filepath.Join(root, "server"), http: freePort(t), polling: freePort(t)}
+	s.thumbprint = thumbprint(t, s.dataDir)
+	s.args = append([]string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling, "--log-level", "debug"}, extra...)
+	return s
+}
+
+func (s *serverSetup) start(t *testing.T) *proc {
+	p := start(t, "server.log", s.args...)
+	waitHTTP(t, "http://"+s.http)
+	return p
+}
+
+// The server is killed with SIGKILL and restarted in the middle of a step
+// that prints numbered lines, submitted with `stevedore run --server`: the
+// run rides it out, prints every line once, in order, and exits with the
+// step's code; the task log holds every line once.
+func TestServerKilledMidStepAndRestarted(t *testing.T) {
+	agentDir := filepath.Join(t.TempDir(), "agent")
+	agentTP := thumbprint(t, agentDir)
+	s := newServerSetup(t, "--trust", agentTP)
+	srv := s.start(t)
+	start(t, "agent.log", "agent", "--state-dir", agentDir, "--server", s.polling, "--server-thumbprint", s.thumbprint,
+		"--name", "w1", "--pool", "linux", "--log-level", "debug")
+
+	var stdout, stderr bytes.Buffer
+	result := filepath.Join(t.TempDir(), "result.json")
+	run := exec.Command(testenv.Binary(t), "run", "--server", "http://"+s.http, "--pool", "linux", "--user", testAdmin,
+		"--result", result, "--script", "for i in $(seq 1 60); do echo line $i; sleep 0.05; done; echo done >&2; exit 3")
+	run.Env = append(os.Environ(), "STEVEDORE_PASSWORD="+testPassword)
+	run.Stdout, run.Stderr = &stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill the server once the task log holds some lines.
+	deadline := time.Now().Add(time.Minute)
+	for lines := 0; lines < 15; lines = taskLogLines(t, s.dataDir) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the step did not start; run's stderr: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv.kill()
+	time.Sleep(500 * time.Millisecond)
+	s.start(t)
+
+	err := run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("run: %v, want exit code 3\nstderr: %s", err, stderr.String())
+	}
+	want := make([]string, 60)
+	for i := range want {
+		want[i] = fmt.Sprintf("line %d", i+1)
+	}
+	if got := strings.TrimSpace(stdout.String()); got != strings.Join(want, "\n") {
+		t.Errorf("run's stdout:\n%s", got)
+	}
+	if !strings.Contains(stderr.String(), "done") {
+		t.Errorf("run's stderr lacks the step's stderr: %s", stderr.String())
+	}
+	var res runResult
+	if b, err := os.ReadFile(result); err != nil || json.Unmarshal(b, &res) != nil || res.Outcome != "FAILED" || res.ExitCode == nil || *res.ExitCode != 3 {
+		t.Errorf("result %s: %+v (%v)", result, res, err)
+	}
+	// The task log: every line once, gapless.
+	entries := readTaskLogFile(t, s.dataDir)
+	var out []string
+	for i, e := range entries {
+		if e.Sequence != uint64(i+1) {
+			t.Fatalf("task log entry %d has sequence %d", i, e.Sequence)
+		}
+		if e.Source == "stdout" {
+			out = append(out, e.Text)
+		}
+	}
+	if strings.Join(out, "\n") != strings.Join(want, "\n") {
+		t.Errorf("task log stdout:\n%s", strings.Join(out, "\n"))
+	}
+}
+
+// The built-in worker runs inside the server, connected over the polling
+// port; `stevedore run --server` reaches it through the pool "builtin".
+func TestBuiltinWorker(t *testing.T) {
+	s := newServerSetup(t, "--builtin-worker")
+	s.start(t)
+	cases := []struct {
+		name     string
+		args     []string
+		password string
+		code     int
+		stdout   string
+	}{
+		{"succeeds", []string{"--pool", "builtin", "--script", "echo hello from $(hostname)"}, testPassword, 0, "hello from"},
+		{"exit code", []string{"--worker", "builtin", "--script", "exit 7"}, testPassword, 7, ""},
+		{"wrong password", []string{"--pool", "builtin", "--script", "true"}, "nope", exitCannotRun, ""},
+		{"no pool or worker", []string{"--script", "true"}, testPassword, exitCannotRun, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			run := exec.Command(testenv.Binary(t), append([]string{"run", "--server", "http://" + s.http, "--user", testAdmin, "--password", c.password}, c.args...)...)
+			run.Stdout, run.Stderr = &stdout, &stderr
+			err := run.Run()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != c.code || !strings.Contains(stdout.String(), c.stdout) {
+				t.Errorf("exit %d, stdout %q; want %d and %q\nstderr: %s", code, stdout.String(), c.code, c.stdout, stderr.String())
+			}
+		})
+	}
+}
+
+func taskLogLines(t *testing.T, dataDir string) int {
+	return len(readTaskLogFile(t, dataDir))
+}
+
+// readTaskLogFile reads the one task log in dataDir.
+func readTaskLogFile(t *testing.T, dataDir string) []server.LogEntry {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dataDir, server.TaskLogsDir, "*.log"))
+	if len(files) != 1 {
+		return nil
+	}
+	f, err := os.Open(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []server.LogEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		var e server.LogEntry
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			break // a line being written
+		}
+		out = append(out, e)
+	}
+	return out
+}
