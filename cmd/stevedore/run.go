@@ -39,25 +39,32 @@ type runOptions struct {
 	vars, sensitive                         []string
 	timeout                                 time.Duration
 	syntax, resultFile, script, scriptFile  string
+	// Through a server (--server) instead of an agent.
+	server, pool, worker, user, password string
 }
 
 func newRunCommand() *cobra.Command {
 	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run one step on an agent and stream its log",
+		Short: "Run one step on an agent, or through a server, and stream its log",
 		Long: `Starts a step on the agent at --agent (its certificate pinned by
 --agent-thumbprint), streams the step's stdout to stdout and its stderr and the
 agent's own lines to stderr, writes a JSON result to --result, downloads the
 artifacts beside it, and exits with the step's exit code, or 125 when the step
-could not run.`,
+could not run.
+
+With --server URL (a stevedore server's HTTP API) and --pool or --worker, the
+step is submitted to the server instead, which queues it and runs it on a
+worker; the output, result file and exit codes are the same. Credentials:
+--user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runStep(cmd, &o) },
 	}
 	stateDirFlag(cmd, &o.stateDir)
 	f := cmd.Flags()
 	f.StringVar(&o.agentAddr, "agent", "127.0.0.1:10933", "the agent's address")
-	f.StringVar(&o.agentThumbprint, "agent-thumbprint", "", "the agent's certificate thumbprint (required)")
+	f.StringVar(&o.agentThumbprint, "agent-thumbprint", "", "the agent's certificate thumbprint (required without --server)")
 	f.StringVar(&o.image, "image", "", "run in a container of this image (default: on the agent's host)")
 	f.StringVar(&o.pull, "pull", "", "pull policy: always, if-not-present or never (default: by tag)")
 	f.StringVar(&o.registryUser, "registry-user", "", "registry user for the image")
@@ -69,8 +76,14 @@ could not run.`,
 	f.StringVar(&o.resultFile, "result", "", "write the JSON result here; artifacts go beside it")
 	f.StringVar(&o.script, "script", "", "the script")
 	f.StringVar(&o.scriptFile, "script-file", "", "read the script from this file")
-	_ = cmd.MarkFlagRequired("agent-thumbprint")
+	f.StringVar(&o.server, "server", "", "submit through this server's HTTP API (http://host:8080) instead")
+	f.StringVar(&o.pool, "pool", "", "with --server: run on a worker of this pool")
+	f.StringVar(&o.worker, "worker", "", "with --server: run on this worker")
+	f.StringVar(&o.user, "user", "", "with --server: the API username (env STEVEDORE_USER)")
+	f.StringVar(&o.password, "password", "", "with --server: the API password (env STEVEDORE_PASSWORD)")
 	cmd.MarkFlagsMutuallyExclusive("script", "script-file")
+	cmd.MarkFlagsMutuallyExclusive("server", "agent")
+	cmd.MarkFlagsMutuallyExclusive("pool", "worker")
 	return cmd
 }
 
@@ -102,16 +115,21 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	stdout := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
+	stderr := bufio.NewWriterSize(cmd.ErrOrStderr(), 64<<10)
+	defer stdout.Flush()
+	defer stderr.Flush()
+	if o.server != "" {
+		return runViaServer(ctx, o, req, stdout, stderr)
+	}
+	if o.agentThumbprint == "" {
+		return errors.New("--agent-thumbprint is required (or --server to go through a server)")
+	}
 	client, closeConn, err := dialAgent(ctx, o.stateDir, o.agentAddr, o.agentThumbprint)
 	if err != nil {
 		return exitCodeError{exitCannotRun, err}
 	}
 	defer closeConn()
-
-	stdout := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
-	stderr := bufio.NewWriterSize(cmd.ErrOrStderr(), 64<<10)
-	defer stdout.Flush()
-	defer stderr.Flush()
 	var st *pb.StepStatus
 	if err := retry(ctx, func() (err error) { st, err = client.StartStep(ctx, req); return err }); err != nil {
 		return exitCodeError{exitCannotRun, fmt.Errorf("start step: %w", err)}
@@ -165,6 +183,11 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 			break
 		}
 	}
+	return finishRun(o, res, final, stdout, stderr)
+}
+
+// finishRun writes the result file and ends with the step's exit code.
+func finishRun(o *runOptions, res runResult, final *pb.StepStatus, stdout, stderr *bufio.Writer) error {
 	if o.resultFile != "" {
 		b, _ := json.MarshalIndent(res, "", "  ")
 		if err := os.WriteFile(o.resultFile, append(b, '\n'), 0o644); err != nil {
@@ -175,7 +198,7 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	stderr.Flush()
 	code := stepExitCode(final)
 	if code != 0 {
-		return exitCodeError{code, fmt.Errorf("step %s %s: %s", req.Ticket, strings.ToLower(res.Outcome), reasonOr(final))}
+		return exitCodeError{code, fmt.Errorf("step %s %s: %s", res.Ticket, strings.ToLower(res.Outcome), reasonOr(final))}
 	}
 	return nil
 }
