@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
-# `make demo`: an agent on loopback runs a real step in the bookworm fixture:
-# it prints lines, sets an output variable, echoes a masked secret and exits
-# non-zero; then the result is shown. Run after `make setup build`.
+# `make demo`: a server and a polling agent on loopback; a real step in the
+# bookworm fixture, submitted through the server's HTTP API, prints lines,
+# sets an output variable, echoes a masked secret and exits non-zero; then
+# the result and the server's record of the step are shown. Run after
+# `make setup build`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/../internal/testenv/fixtures.env"
 bin=$here/../bin
-port=${STEVEDORE_DEMO_PORT:-10933}
+http=${STEVEDORE_DEMO_HTTP:-127.0.0.1:8080}
+polling=${STEVEDORE_DEMO_POLLING:-127.0.0.1:10943}
 demo=$(mktemp -d /tmp/stevedore-demo.XXXXXX)
 chmod 755 "$demo"
-agent_pid=
+pids=()
 cleanup() {
-	[ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
 	rm -rf "$demo"
 }
 trap cleanup EXIT
+export ADMIN_USERNAME=admin ADMIN_PASSWORD=demo-password-not-secret
+export STEVEDORE_USER=$ADMIN_USERNAME STEVEDORE_PASSWORD=$ADMIN_PASSWORD
 
-client=$("$bin/stevedore" cert --state-dir "$demo/client" 2>/dev/null)
+server=$("$bin/stevedore" cert --state-dir "$demo/server" 2>/dev/null)
 agent=$("$bin/stevedore" cert --state-dir "$demo/agent" 2>/dev/null)
-echo "== agent $agent on 127.0.0.1:$port, trusting the client $client"
-"$bin/stevedore" agent --state-dir "$demo/agent" --listen "127.0.0.1:$port" --trust "$client" \
-	--log-level warn >"$demo/agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 1 50); do
-	(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-	kill -0 "$agent_pid" 2>/dev/null || { cat "$demo/agent.log" >&2; exit 1; }
+echo "== server $server: API on $http, polling on $polling, trusting the agent $agent"
+"$bin/stevedore" server --data-dir "$demo/server" --http "$http" --polling "$polling" --trust "$agent" \
+	--log-level warn >"$demo/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+	curl -fsS "http://$http/healthz" >/dev/null 2>&1 && break
+	kill -0 "${pids[0]}" 2>/dev/null || { cat "$demo/server.log" >&2; exit 1; }
 	sleep 0.1
 done
+echo "== polling agent demo-worker (pool demo) dials the server"
+"$bin/stevedore" agent --state-dir "$demo/agent" --server "$polling" --server-thumbprint "$server" \
+	--name demo-worker --pool demo --log-level warn >"$demo/agent.log" 2>&1 &
+pids+=($!)
 
-echo "== stevedore run: a step in $STEVEDORE_FIXTURE_BOOKWORM"
+echo "== stevedore run --server: a step in $STEVEDORE_FIXTURE_BOOKWORM on the pool demo"
 set +e
-"$bin/stevedore" run --state-dir "$demo/client" --agent "127.0.0.1:$port" --agent-thumbprint "$agent" \
+"$bin/stevedore" run --server "http://$http" --pool demo \
 	--image "$STEVEDORE_FIXTURE_BOOKWORM" --pull always \
 	--registry-user "$STEVEDORE_REGISTRY_USER" --registry-password "$STEVEDORE_REGISTRY_PASSWORD" \
 	--var Environment=staging --sensitive ApiKey=demo-secret-1234 \
@@ -48,4 +57,9 @@ set -e
 echo "== exit code: $code"
 echo "== result ($demo/result.json):"
 cat "$demo/result.json"
-[ "$code" = 3 ] || { echo "demo: expected exit code 3" >&2; cat "$demo/agent.log" >&2; exit 1; }
+[ "$code" = 3 ] || { echo "demo: expected exit code 3" >&2; cat "$demo/server.log" "$demo/agent.log" >&2; exit 1; }
+ticket=$(sed -n 's/.*"ticket": "\(.*\)".*/\1/p' "$demo/result.json")
+echo "== the server's record (GET /api/steps/$ticket):"
+curl -fsS -u "$ADMIN_USERNAME:$ADMIN_PASSWORD" "http://$http/api/steps/$ticket"
+echo "== the task log as text (GET /api/steps/$ticket/log?format=text):"
+curl -fsS -u "$ADMIN_USERNAME:$ADMIN_PASSWORD" "http://$http/api/steps/$ticket/log?format=text"
