@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"stevedore/internal/steplog"
 )
@@ -157,6 +158,15 @@ func FuzzParseServiceMessage(f *testing.F) {
 		case evSetVariable, evCreateArtifact, evMask, evProgress, evFailStep:
 		default:
 			t.Fatalf("unknown type %q parsed", ev.Type)
+		}
+		// The event travels as JSON, which carries only UTF-8 byte-exact.
+		for _, s := range []string{ev.Name, ev.Value, ev.Path, ev.Message} {
+			if !utf8.ValidString(s) {
+				t.Fatalf("%q: a field of %+v is not UTF-8", line, ev)
+			}
+		}
+		if ev.Type == evSetVariable && ev.Name == "" || ev.Type == evCreateArtifact && ev.Path == "" {
+			t.Fatalf("%q: %+v lacks its required attribute", line, ev)
 		}
 		// What parses is what the formatter writes back.
 		again, ok := parseServiceMessage(bytes.TrimSuffix(formatServiceMessage(ev.Type, attrsOf(ev)), []byte("\n")))
