@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,11 +156,14 @@ func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
 		return nil, err
 	}
 	var out []LogEntry
-	r := bufio.NewReaderSize(io.NewSectionReader(f, start, fi.Size()-start), 256<<10)
+	r := bufio.NewReaderSize(io.NewSectionReader(f, start, fi.Size()-start), 64<<10)
 	for len(out) < max {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
 			break
+		}
+		if seq, ok := seqOf(line); ok && seq <= after {
+			continue // skipped without decoding the whole line
 		}
 		var e LogEntry
 		if json.Unmarshal(line, &e) != nil {
@@ -170,6 +174,24 @@ func readTaskLog(path string, after uint64, max int) ([]LogEntry, error) {
 		}
 	}
 	return out, nil
+}
+
+// seqOf reads the sequence from a line's start: LogEntry's JSON begins
+// with it. ok is false for any other shape (then the line is decoded).
+func seqOf(line []byte) (uint64, bool) {
+	const prefix = `{"seq":`
+	if len(line) <= len(prefix) || string(line[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	var seq uint64
+	i := len(prefix)
+	for ; i < len(line) && line[i] >= '0' && line[i] <= '9'; i++ {
+		seq = seq*10 + uint64(line[i]-'0')
+	}
+	if i == len(prefix) || i >= len(line) || line[i] != ',' || i-len(prefix) > 19 {
+		return 0, false
+	}
+	return seq, true
 }
 
 // seekLinear is the span below which seekAfter reads on instead of halving.
@@ -201,7 +223,16 @@ func seekAfter(f io.ReaderAt, size int64, after uint64) (int64, error) {
 // lineAt finds the first line starting after off and returns its start
 // and sequence; ok is false when no whole line starts there.
 func lineAt(f io.ReaderAt, off, size int64) (start int64, seq uint64, ok bool, err error) {
-	r := bufio.NewReaderSize(io.NewSectionReader(f, off, size-off), 64<<10)
+	// Lines are short as a rule: one small read finds the next line's
+	// start and its sequence.
+	var buf [4096]byte
+	n, _ := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+	if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+		if s, ok := seqOf(buf[i+1 : n]); ok {
+			return off + int64(i) + 1, s, true, nil
+		}
+	}
+	r := bufio.NewReaderSize(io.NewSectionReader(f, off, size-off), 16<<10)
 	skipped, err := r.ReadBytes('\n')
 	if err != nil {
 		return 0, 0, false, nil
@@ -210,6 +241,9 @@ func lineAt(f io.ReaderAt, off, size int64) (start int64, seq uint64, ok bool, e
 	line, err := r.ReadBytes('\n')
 	if err != nil {
 		return 0, 0, false, nil
+	}
+	if seq, ok := seqOf(line); ok {
+		return start, seq, true, nil
 	}
 	var e struct {
 		Sequence uint64 `json:"seq"`
