@@ -310,6 +310,8 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 	if exit.EngineInterrupted && stopReason == pb.Outcome_OUTCOME_UNSPECIFIED && outcome != pb.Outcome_OUTCOME_SUCCEEDED {
 		// Say why the script was stopped: the engine stops containers when it stops.
 		reason = fmt.Sprintf("the Docker Engine went away while the step ran and stopped its container (exit code %d recorded); %s", exit.Code, reason)
+	} else if exit.StoppedOutside && stopReason == pb.Outcome_OUTCOME_UNSPECIFIED {
+		reason = fmt.Sprintf("the step's container was stopped from outside the agent (%s, e.g. docker stop); %s", exit.Signal, reason)
 	}
 	if reason != "" && outcome != pb.Outcome_OUTCOME_FAILED {
 		s.agentLog(reason)

@@ -72,12 +72,14 @@ type Docker struct {
 	leases map[string]*registry.Lease
 	// interrupted: tickets whose wait the engine broke off (it went away).
 	interrupted map[string]bool
+	// signalled: tickets the agent signalled, so their TERM or KILL is no surprise.
+	signalled map[string]bool
 }
 
 // NewDocker returns a Docker executor over the client cli.
 func NewDocker(cli *client.Client, images *registry.Coordinator, verdicts VerdictStore, bundle *Bundle, agentID string, probes *ProbeCache, log hclog.Logger) *Docker {
 	return &Docker{api: clientAdapter{cli}, images: images, verdicts: verdicts, bundle: bundle, agentID: agentID, probes: probes,
-		log: log.Named("docker"), leases: map[string]*registry.Lease{}, interrupted: map[string]bool{}}
+		log: log.Named("docker"), leases: map[string]*registry.Lease{}, interrupted: map[string]bool{}, signalled: map[string]bool{}}
 }
 
 // ContainerName is the step's container name on the engine.
@@ -277,9 +279,43 @@ func (d *Docker) Wait(ctx context.Context, spec *Spec) (Exit, error) {
 	}
 	d.mu.Lock()
 	exit.EngineInterrupted = d.interrupted[spec.Ticket]
+	signalled := d.signalled[spec.Ticket]
 	d.mu.Unlock()
+	if !signalled && !exit.EngineInterrupted && (exit.Signal == "SIGTERM" || exit.Signal == "SIGKILL") {
+		// Stopped, but not by the agent: docker stop, or the engine stopping
+		// its containers before it exits (its API still answers meanwhile).
+		exit.StoppedOutside = true
+		exit.EngineInterrupted = d.engineGoing(ctx)
+	}
 	exit.Detail = d.logTail(ctx, name)
 	return exit, nil
+}
+
+// engineGoingWindow is how long after a container's unexplained stop the
+// engine is watched for going away; it stops every container first.
+const engineGoingWindow = 5 * time.Second
+
+// engineGoing reports whether the engine stops answering within
+// engineGoingWindow.
+func (d *Docker) engineGoing(ctx context.Context) bool {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	end := time.After(engineGoingWindow)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := d.api.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-end:
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // logTail returns the last lines the runner itself printed (not the
@@ -298,6 +334,9 @@ func (d *Docker) logTail(ctx context.Context, name string) string {
 // Signal implements Executor.
 func (d *Docker) Signal(ctx context.Context, spec *Spec, sig syscall.Signal) error {
 	name := d.ContainerName(spec.Ticket)
+	d.mu.Lock()
+	d.signalled[spec.Ticket] = true
+	d.mu.Unlock()
 	err := d.api.ContainerKill(ctx, name, strings.TrimPrefix(signalName(sig), "SIG"))
 	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) {
 		return nil // gone or not running: nothing to signal
@@ -310,6 +349,7 @@ func (d *Docker) Remove(ctx context.Context, spec *Spec) error {
 	defer d.releaseImage(spec.Ticket)
 	d.mu.Lock()
 	delete(d.interrupted, spec.Ticket)
+	delete(d.signalled, spec.Ticket)
 	d.mu.Unlock()
 	name := d.ContainerName(spec.Ticket)
 	err := d.api.ContainerRemove(ctx, name, container.RemoveOptions{Force: true, RemoveVolumes: true})

@@ -71,6 +71,9 @@ type Exit struct {
 	// EngineInterrupted: the Docker Engine went away while the step ran; it
 	// stops running containers when it stops, so Code is what it recorded.
 	EngineInterrupted bool
+	// StoppedOutside: the container was stopped (TERM or KILL) by someone
+	// other than the agent, such as `docker stop` or the engine stopping.
+	StoppedOutside bool
 }
 
 // LogFunc writes a line to the step's log as the agent (pull progress,
