@@ -27,6 +27,9 @@ const maxLogWait = 60 * time.Second
 // credentials (HTTP Basic); without them the answer is 401.
 //
 //	GET  /healthz                          200 "ok"
+//	GET  /api/trust                        the agent thumbprints admitted
+//	POST /api/trust                        {"thumbprint"}: admit polling agents with it (durable)
+//	DELETE /api/trust/{thumbprint}         stop admitting it; its connections are closed
 //	GET  /api/workers                      the workers and their state
 //	POST /api/workers                      {"name","address","thumbprint"}: register a listening worker
 //	GET  /api/steps                        every step (?state=queued|running|complete)
@@ -48,6 +51,9 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("GET /api/steps/{id}/log", s.apiLog)
 	api.HandleFunc("GET /api/steps/{id}/artifacts/{name}", s.apiArtifact)
 	api.HandleFunc("POST /api/steps/{id}/cancel", s.apiCancel)
+	api.HandleFunc("GET /api/trust", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Trusted()) })
+	api.HandleFunc("POST /api/trust", s.apiTrust)
+	api.HandleFunc("DELETE /api/trust/{thumbprint}", s.apiDistrust)
 	mux.Handle("/api/", s.authenticated(api))
 	return mux
 }
@@ -302,6 +308,35 @@ func (s *Server) apiRegisterWorker(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusCreated, body)
 	}
+}
+
+// TrustBody is the body of POST /api/trust.
+type TrustBody struct {
+	Thumbprint string `json:"thumbprint"`
+}
+
+func (s *Server) apiTrust(w http.ResponseWriter, r *http.Request) {
+	var body TrustBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return
+	}
+	tp, err := s.Trust(body.Thumbprint)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, TrustBody{Thumbprint: tp})
+}
+
+func (s *Server) apiDistrust(w http.ResponseWriter, r *http.Request) {
+	if err := s.Distrust(r.PathValue("thumbprint")); err != nil {
+		apiError(w, http.StatusBadRequest, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func uintParam(v string, def uint64) (uint64, error) {

@@ -250,3 +250,67 @@ func TestFiveHundredPollingAgents(t *testing.T) {
 	e.start(addr)
 	waitConnected("after a server restart")
 }
+
+// Thumbprints trusted through the API admit agents at once and after a
+// restart; distrusting one closes its connection and keeps it out.
+func TestTrustThroughTheAPI(t *testing.T) {
+	e := newEnv(t)
+	a := e.api()
+	newcomer, _, err := transport.LoadOrCreateIdentity(filepath.Join(e.dir, "newcomer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(transport.PollingServerOptions()...)
+	pb.RegisterAgentServer(srv, &lightAgent{name: "newcomer"})
+	pin, _ := transport.NewTrustList(e.id.Thumbprint)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		(&transport.Poller{Addr: e.addr, Identity: newcomer, Server: pin, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+			Log: hclog.NewNullLogger()}).Run(ctx, srv)
+		close(done)
+	}()
+	defer func() { cancel(); <-done; srv.Stop() }()
+	connected := func() bool {
+		for _, w := range e.srv.Workers() {
+			if w.Name == "newcomer" && w.Connected {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor := func(what string, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for connected() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: connected is not %v", what, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if connected() {
+		t.Fatal("an agent connected before it was trusted")
+	}
+	if code, b := a.do("POST", "/api/trust", map[string]string{"thumbprint": "not-a-thumbprint"}); code != 400 {
+		t.Errorf("a bad thumbprint: %d %s", code, b)
+	}
+	if code, b := a.do("POST", "/api/trust", map[string]string{"thumbprint": strings.ToUpper(newcomer.Thumbprint)}); code != 201 {
+		t.Fatalf("trust: %d %s", code, b)
+	}
+	waitFor("trusted", true)
+	addr := e.addr
+	e.stop()
+	e.trust, _ = transport.NewTrustList(e.agentID.Thumbprint) // as --trust gives it, without the newcomer
+	e.start(addr)
+	waitFor("trusted after a restart", true)
+	if code, b := a.do("DELETE", "/api/trust/"+newcomer.Thumbprint, nil); code != 204 {
+		t.Fatalf("distrust: %d %s", code, b)
+	}
+	waitFor("distrusted", false)
+	time.Sleep(500 * time.Millisecond)
+	if connected() {
+		t.Error("a distrusted agent came back")
+	}
+}

@@ -147,6 +147,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	if cfg.Trust == nil {
+		cfg.Trust, _ = transport.NewTrustList()
+	}
 	if cfg.TaskLogsDir == "" {
 		cfg.TaskLogsDir = filepath.Join(cfg.DataDir, TaskLogsDir)
 	}
@@ -167,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -183,6 +186,10 @@ func New(cfg Config) (*Server, error) {
 		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{},
 		conns: map[*transport.PollingConn]bool{}}
 	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.loadTrust(); err != nil {
 		db.Close()
 		return nil, err
 	}

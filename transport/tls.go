@@ -61,6 +61,14 @@ func (t *TrustList) Add(thumbprint string) error {
 	return nil
 }
 
+// Remove stops trusting a thumbprint; connections already made stay up
+// until their owner closes them.
+func (t *TrustList) Remove(thumbprint string) {
+	t.mu.Lock()
+	delete(t.prints, thumbprint)
+	t.mu.Unlock()
+}
+
 // Trusts reports whether thumbprint is in the list.
 func (t *TrustList) Trusts(thumbprint string) bool {
 	t.mu.RLock()
