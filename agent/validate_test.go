@@ -2,13 +2,16 @@ package agent
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 )
 
 // BadRequest is a StartStepRequest that validateStart must refuse, and the
@@ -216,4 +219,76 @@ func fmtErr(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// FuzzValidateStart decodes arbitrary bytes as a StartStepRequest:
+// validateStart must never panic, and whatever it accepts must be safe to
+// run: a ticket that names one directory, files that land inside the
+// workspace, values an environment can hold, nothing negative.
+func FuzzValidateStart(f *testing.F) {
+	seeds := []*pb.StartStepRequest{goodHostRequest(), goodContainerRequest(), {Ticket: "m"}}
+	for _, b := range BadStartRequests() {
+		seeds = append(seeds, b.Req)
+	}
+	for _, r := range seeds {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if len(b) <= 64<<10 { // the fuzzer mutates small inputs best
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req := &pb.StartStepRequest{}
+		if proto.Unmarshal(data, req) != nil {
+			return
+		}
+		if validateStart(req) != nil {
+			return
+		}
+		if tk := req.GetTicket(); !ticketRE.MatchString(tk) || tk == "." || tk == ".." {
+			t.Fatalf("accepted ticket %q", tk)
+		}
+		if _, ok := pb.Syntax_name[int32(req.GetScript().GetSyntax())]; !ok || strings.IndexByte(req.GetScript().GetBody(), 0) >= 0 {
+			t.Fatalf("accepted script %v", req.GetScript().GetSyntax())
+		}
+		const work = "/state/steps/t/work"
+		for _, fl := range req.GetFiles() {
+			// Where prepareStepDir writes it.
+			dst := filepath.Join(work, filepath.Clean("/"+fl.GetPath()))
+			if !strings.HasPrefix(dst, work+"/") || dst != filepath.Join(work, fl.GetPath()) {
+				t.Fatalf("accepted file path %q: it lands at %s", fl.GetPath(), dst)
+			}
+			if fl.GetMode() > 0o777 {
+				t.Fatalf("accepted mode %#o", fl.GetMode())
+			}
+		}
+		names := map[string]bool{}
+		for _, v := range req.GetVariables() {
+			if v.GetName() == "" || names[v.GetName()] || strings.ContainsAny(v.GetName(), "=\x00") || strings.IndexByte(v.GetValue(), 0) >= 0 {
+				t.Fatalf("accepted variable %q", v.GetName())
+			}
+			names[v.GetName()] = true
+		}
+		for _, d := range []*durationpb.Duration{req.GetTimeout(), req.GetCancelGrace(), req.GetWait(), req.GetIsolation().GetWaitTimeout()} {
+			if d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
+				t.Fatalf("accepted duration %v", d)
+			}
+		}
+		if l := req.GetLimits(); l.GetMemoryBytes() < 0 || l.GetNanoCpus() < 0 || l.GetPidsLimit() < 0 {
+			t.Fatalf("accepted limits %v", l)
+		}
+		if c := req.GetExecution().GetContainer(); c != nil {
+			if _, err := registry.ParseImage(c.GetImage()); err != nil {
+				t.Fatalf("accepted image %q: %v", c.GetImage(), err)
+			}
+			if _, err := pullPolicy(c.GetPullPolicy()); err != nil {
+				t.Fatalf("accepted pull policy %v", c.GetPullPolicy())
+			}
+		}
+		if err := validateStart(req); err != nil {
+			t.Fatalf("accepted once, refused the second time: %v", err)
+		}
+	})
 }
