@@ -43,6 +43,9 @@ type Config struct {
 	// Credentials resolves feeds and Docker's own credential config; nil:
 	// inline credentials only.
 	Credentials CredentialResolver
+	// MinFreeDisk is the free space (bytes) StateDir must have for StartStep
+	// to accept a new step; 0: DefaultMinFreeDisk, below 0: no check.
+	MinFreeDisk int64
 	// Retention is how long a completed step the server never collected
 	// (CompleteStep) keeps its container and workspace, and how long a
 	// collected step's tombstone answers a repeated call; default 24 h.

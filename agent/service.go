@@ -40,6 +40,12 @@ func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.St
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
+	if a.lookup(req.GetTicket()) == nil {
+		// A repeated call for a recorded ticket is answered whatever the disk.
+		if err := a.checkDisk(); err != nil {
+			return nil, status.Error(codes.ResourceExhausted, err.Error())
+		}
+	}
 	s, err := a.accept(req)
 	if err != nil {
 		return nil, err
