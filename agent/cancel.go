@@ -3,6 +3,8 @@ package agent
 import (
 	"fmt"
 	"time"
+
+	"stevedore/executor"
 )
 
 // A stopped step's exit record says which signal ended it, in the spirit of
@@ -53,4 +55,12 @@ func graceText(d time.Duration) string {
 		return "the grace period"
 	}
 	return d.Round(time.Millisecond).String()
+}
+
+// preparingWhen says what a step stopped during Prepare was doing.
+func preparingWhen(spec *executor.Spec) string {
+	if spec.Container != nil {
+		return "while it pulled its image or prepared its container"
+	}
+	return "before it started"
 }

@@ -87,7 +87,7 @@ func (a *Agent) run(s *step) {
 	}
 	if err := ex.Prepare(s.ctx, spec, func(f string, args ...any) { s.agentLog(fmt.Sprintf(f, args...)) }); err != nil {
 		if s.ctx.Err() != nil {
-			a.finishStopped(s, spec, ex, "before it started")
+			a.finishStopped(s, spec, ex, preparingWhen(spec))
 			return
 		}
 		outcome := pb.Outcome_OUTCOME_AGENT_ERROR

@@ -1,0 +1,284 @@
+package agent_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+	dockerregistry "github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"stevedore/agent"
+	"stevedore/internal/testenv"
+	pb "stevedore/proto/stevedore/v1"
+)
+
+// The exit record of a cancelled step says which signal ended it: the
+// script's own exit after a trap, SIGTERM, or SIGKILL after the grace.
+func TestCancelReasonSaysWhichSignalEndedIt(t *testing.T) {
+	scripts := []struct {
+		name     string
+		script   string
+		code     int
+		signal   string
+		reason   string
+		minTaken time.Duration
+	}{
+		{"ended by TERM", "echo started; sleep 600", 143, "SIGTERM", "cancelled by the server: ended by SIGTERM", 0},
+		{"traps TERM and exits", "trap 'echo got TERM; exit 3' TERM; echo started; sleep 600 & wait", 3, "", "cancelled by the server: exited with code 3 after SIGTERM", 0},
+		{"ignores TERM", "trap '' TERM; echo started; sleep 600 & wait; sleep 600", 137, "SIGKILL", "cancelled by the server: ignored SIGTERM for 2s, killed with SIGKILL", 2 * time.Second},
+	}
+	execs := []struct {
+		name string
+		exec func() *pb.Execution
+	}{
+		{"host", host},
+		{"container", func() *pb.Execution { return inContainer(testenv.Bookworm) }},
+	}
+	cli := withImages(t, testenv.Bookworm)
+	ta := startAgent(t)
+	for _, ex := range execs {
+		for _, sc := range scripts {
+			t.Run(ex.name+"/"+sc.name, func(t *testing.T) {
+				tk := ticket(t)
+				if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash(sc.script),
+					Execution: ex.exec(), CancelGrace: durationpb.New(2 * time.Second)}); err != nil {
+					t.Fatal(err)
+				}
+				waitForLine(t, ta, tk, "started")
+				start := time.Now()
+				if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+					t.Fatal(err)
+				}
+				run := ta.follow(t, tk)
+				took := time.Since(start)
+				st := run.final
+				if st.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED || exitCode(st) != sc.code || st.GetSignal() != sc.signal || st.GetReason() != sc.reason {
+					t.Fatalf("got %v code %d signal %q reason %q\nwant CANCELLED code %d signal %q reason %q",
+						st.GetOutcome(), exitCode(st), st.GetSignal(), st.GetReason(), sc.code, sc.signal, sc.reason)
+				}
+				if took < sc.minTaken || took > sc.minTaken+8*time.Second {
+					t.Errorf("the cancel took %s", took)
+				}
+				ta.complete(t, tk)
+				assertClean(t, cli, ta, tk)
+			})
+		}
+	}
+}
+
+// pidGone reports whether pid has ended (a zombie nobody reaps counts).
+func pidGone(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && len(b) > i+2 && b[i+2] == 'Z'
+}
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err == nil {
+			return pid
+		}
+	}
+	t.Fatalf("no pid in %s", path)
+	return 0
+}
+
+// Cancelling a host step ends its whole process tree, also daemons that
+// left its session with setsid (and a double fork): those that handle TERM
+// get it, those that ignore it are killed.
+func TestCancelHostStepEndsDaemons(t *testing.T) {
+	ta := startAgent(t)
+	tk := ticket(t)
+	script := `
+setsid bash -c 'echo $$ > polite.pid; trap "echo bye > polite.term; exit 0" TERM; while :; do sleep 0.1; done' </dev/null >/dev/null 2>&1 &
+setsid -f bash -c 'echo $$ > stubborn.pid; trap "" TERM; exec sleep 600' </dev/null >/dev/null 2>&1
+trap '' TERM
+echo started
+sleep 600
+`
+	if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash(script), Execution: host(),
+		CancelGrace: durationpb.New(2 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	waitForLine(t, ta, tk, "started")
+	work := filepath.Join(ta.stateDir, "steps", tk, "work")
+	polite, stubborn := readPID(t, filepath.Join(work, "polite.pid")), readPID(t, filepath.Join(work, "stubborn.pid"))
+	t.Cleanup(func() {
+		for _, pid := range []int{polite, stubborn} {
+			if !pidGone(pid) {
+				p, _ := os.FindProcess(pid)
+				p.Kill()
+			}
+		}
+	})
+	if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+		t.Fatal(err)
+	}
+	run := ta.follow(t, tk)
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED || run.final.GetSignal() != "SIGKILL" {
+		t.Fatalf("outcome %v signal %q (%s)", run.final.GetOutcome(), run.final.GetSignal(), run.final.GetReason())
+	}
+	if b, err := os.ReadFile(filepath.Join(work, "polite.term")); err != nil || string(b) != "bye\n" {
+		t.Errorf("the daemon that handles TERM did not get it: %q %v", b, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !(pidGone(polite) && pidGone(stubborn)) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for name, pid := range map[string]int{"setsid daemon": polite, "double-forked daemon ignoring TERM": stubborn} {
+		if !pidGone(pid) {
+			t.Errorf("the %s (pid %d) outlived the cancelled step", name, pid)
+		}
+	}
+	ta.complete(t, tk)
+}
+
+// stallProxy forwards TCP to target, going silent on a connection once it
+// has passed stallAt bytes to the client: a registry that stops mid-pull.
+type stallProxy struct {
+	lis     net.Listener
+	stallAt atomic.Int64
+}
+
+func newStallProxy(t *testing.T, target string, stallAt int64) *stallProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{lis: lis}
+	p.stallAt.Store(stallAt)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c, target, stop)
+		}
+	}()
+	return p
+}
+
+func (p *stallProxy) serve(c net.Conn, target string, stop <-chan struct{}) {
+	defer c.Close()
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go io.Copy(up, c)
+	buf := make([]byte, 16<<10)
+	var sent int64
+	for {
+		n, err := up.Read(buf)
+		if sent+int64(n) > p.stallAt.Load() {
+			<-stop // silent, the connection held open
+			return
+		}
+		if _, werr := c.Write(buf[:n]); werr != nil {
+			return
+		}
+		sent += int64(n)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// pushRandomImage pushes an image of one layer of size random bytes to the
+// local registry and removes it from the engine, so a pull must fetch it.
+func pushRandomImage(t *testing.T, cli *client.Client, size int) string {
+	t.Helper()
+	ctx := context.Background()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	data := make([]byte, size)
+	rand.Read(data)
+	tw.WriteHeader(&tar.Header{Name: "data", Mode: 0o644, Size: int64(size)})
+	tw.Write(data)
+	tw.Close()
+	name := make([]byte, 4)
+	rand.Read(name)
+	ref := testenv.Registry + "/test/cancel-pull-" + hex.EncodeToString(name) + ":1"
+	rc, err := cli.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, ref, image.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, rc)
+	rc.Close()
+	auth, _ := dockerregistry.EncodeAuthConfig(dockerregistry.AuthConfig{Username: testenv.RegistryUser, Password: testenv.RegistryPassword, ServerAddress: testenv.Registry})
+	rc, err = cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(rc)
+	rc.Close()
+	if bytes.Contains(out, []byte(`"error"`)) {
+		t.Fatalf("push %s: %s", ref, out)
+	}
+	cli.ImageRemove(ctx, ref, image.RemoveOptions{Force: true, PruneChildren: true})
+	return ref
+}
+
+// A step cancelled while its image is being pulled (a registry that went
+// silent mid-layer) ends CANCELLED at once, without a container.
+func TestCancelWhilePulling(t *testing.T) {
+	cli := withImages(t, testenv.Bookworm)
+	ref := pushRandomImage(t, cli, 8<<20)
+	proxy := newStallProxy(t, testenv.Registry, 1<<20)
+	viaProxy := proxy.lis.Addr().String() + strings.TrimPrefix(ref, testenv.Registry)
+	t.Cleanup(func() {
+		cli.ImageRemove(context.Background(), viaProxy, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
+	ta := startAgent(t, func(c *agent.Config) { c.Images.StallTimeout = 10 * time.Minute })
+	tk := ticket(t)
+	exec := inContainer(viaProxy)
+	exec.GetContainer().Credentials = &pb.RegistryCredentials{Username: testenv.RegistryUser, Password: testenv.RegistryPassword}
+	if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash("echo ran"), Execution: exec}); err != nil {
+		t.Fatal(err)
+	}
+	waitForState(t, ta, tk, pb.StepState_STEP_STATE_PULLING)
+	time.Sleep(2 * time.Second) // well into the pull, which now hangs
+	if st, _ := ta.client.GetStatus(context.Background(), &pb.GetStatusRequest{Ticket: tk, AfterSequence: ^uint64(0)}); st.GetState() != pb.StepState_STEP_STATE_PULLING {
+		t.Fatalf("state %v (%s) before the cancel, want PULLING", st.GetState(), st.GetReason())
+	}
+	start := time.Now()
+	if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+		t.Fatal(err)
+	}
+	run := ta.follow(t, tk)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("cancelling a pulling step took %s", took)
+	}
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED || !strings.Contains(run.final.GetReason(), "while it pulled its image") || len(run.stdout) != 0 {
+		t.Fatalf("outcome %v reason %q stdout %q", run.final.GetOutcome(), run.final.GetReason(), run.stdout)
+	}
+	ta.complete(t, tk)
+	assertClean(t, cli, ta, tk)
+}
