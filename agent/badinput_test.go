@@ -203,6 +203,9 @@ new_artifact ../script
 new_artifact /etc/passwd
 mkdir d && ln -s ../../script d/deep
 new_artifact d/deep
+new_artifact d
+mkfifo pipe
+new_artifact pipe
 `
 	tests := []struct {
 		name      string
@@ -228,7 +231,7 @@ new_artifact d/deep
 			if got := download(t, ta, tk, "ok.txt"); string(got) != "kept\n" {
 				t.Errorf("ok.txt: %q", got)
 			}
-			for _, p := range []string{"passwd-link", "root/etc/hostname", "up/script", "../script", "/etc/passwd", "d/deep", "../../../../etc/passwd", "", "."} {
+			for _, p := range []string{"passwd-link", "root/etc/hostname", "up/script", "../script", "/etc/passwd", "d/deep", "d", "pipe", "../../../../etc/passwd", "", "."} {
 				stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: p})
 				if err == nil {
 					_, err = stream.Recv()

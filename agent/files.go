@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -134,14 +135,15 @@ func (a *Agent) DownloadFile(req *pb.DownloadFileRequest, stream pb.Agent_Downlo
 
 // openInside opens rel under root, refusing a path that leaves root through
 // "..", an absolute path or a symbolic link: the script may have planted a
-// link to a file of the host.
+// link to a file of the host. O_NONBLOCK: opening a FIFO the script
+// planted must not block the agent; it is then refused as not regular.
 func openInside(root, rel string) (*os.File, error) {
 	r, err := os.OpenRoot(root)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	f, err := r.Open(rel)
+	f, err := r.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
