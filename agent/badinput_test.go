@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"stevedore/agent"
 	"stevedore/internal/testenv"
@@ -370,6 +372,13 @@ func TestBadInputThenNormalStep(t *testing.T) {
 			}
 			return err
 		}, codes.InvalidArgument},
+		{"pre-pull with a malformed platform", func() error {
+			stream, err := ta.client.PrePull(ctx, &pb.PrePullRequest{Images: []*pb.ContainerExecution{{Image: testenv.Bookworm, Platform: "amd64"}}})
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			return err
+		}, codes.InvalidArgument},
 	}
 	for _, o := range others {
 		t.Run(o.name, func(t *testing.T) {
@@ -393,6 +402,12 @@ func TestBadInputThenNormalStep(t *testing.T) {
 		run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: exec, Script: bash("echo still serving")})
 		if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED || fmt.Sprint(run.stdout) != "[still serving]" {
 			t.Fatalf("a normal step after bad input: %v %s; stdout %q stderr %q", run.final.GetOutcome(), run.final.GetReason(), run.stdout, run.stderr)
+		}
+		// Sequences at the edge of uint64 and a wait Go cannot hold answer
+		// with no lines, at once.
+		st, err := ta.client.GetStatus(ctx, &pb.GetStatusRequest{Ticket: tk, AfterSequence: math.MaxUint64, Wait: &durationpb.Duration{Seconds: -1, Nanos: 5}})
+		if err != nil || len(st.GetLines()) != 0 {
+			t.Fatalf("GetStatus after the last sequence: %d lines, %v", len(st.GetLines()), err)
 		}
 		ta.complete(t, tk)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
 	"sync"
@@ -52,12 +53,12 @@ func (a *Agent) PrePull(req *pb.PrePullRequest, stream pb.Agent_PrePullServer) e
 		return status.Errorf(codes.FailedPrecondition, "cannot pre-pull: %v", err)
 	}
 	_ = d
-	for _, img := range req.GetImages() {
+	for i, img := range req.GetImages() {
+		if err := validateContainer(fmt.Sprintf("images[%d]", i), img); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
 		if err := registry.CheckAllowed(a.cfg.Images.AllowedImages, img.GetImage()); err != nil {
 			return status.Error(codes.PermissionDenied, err.Error())
-		}
-		if _, err := registry.ParseImage(img.GetImage()); err != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
 	for _, img := range req.GetImages() {

@@ -243,6 +243,14 @@ func (v *validator) filePath(field, p string) (string, bool) {
 	return "", false
 }
 
+// validateContainer checks a ContainerExecution on its own, as PrePull
+// takes it; field prefixes the field names in the error.
+func validateContainer(field string, c *pb.ContainerExecution) error {
+	v := &validator{}
+	v.container(field, c)
+	return v.err()
+}
+
 func (v *validator) execution(req *pb.StartStepRequest) {
 	c := req.GetExecution().GetContainer()
 	if c == nil {
@@ -252,23 +260,27 @@ func (v *validator) execution(req *pb.StartStepRequest) {
 		}
 		return
 	}
+	v.container("execution.container", c)
+}
+
+func (v *validator) container(field string, c *pb.ContainerExecution) {
 	if c.GetImage() == "" {
-		v.bad("execution.container.image: required")
+		v.bad("%s.image: required", field)
 	} else if _, err := registry.ParseImage(c.GetImage()); err != nil {
-		v.bad("execution.container.image: %w", err)
+		v.bad("%s.image: %w", field, err)
 	}
 	if f := c.GetFeed(); f != "" {
 		// Whether the agent has the feed is StartStep's check.
-		v.label("execution.container.feed", f)
+		v.label(field+".feed", f)
 	}
 	if _, err := pullPolicy(c.GetPullPolicy()); err != nil {
-		v.bad("execution.container.pull_policy: %w", err)
+		v.bad("%s.pull_policy: %w", field, err)
 	}
 	if p := c.GetPlatform(); p != "" && !validPlatform(p) {
-		v.bad("execution.container.platform %s: want os/arch or os/arch/variant, e.g. linux/amd64", quote(p))
+		v.bad("%s.platform %s: want os/arch or os/arch/variant, e.g. linux/amd64", field, quote(p))
 	}
 	if cr := c.GetCredentials(); cr != nil {
-		const field = "execution.container.credentials"
+		field := field + ".credentials"
 		user, pwd, tok := cr.GetUsername() != "", cr.GetPassword() != "", cr.GetIdentityToken() != ""
 		switch {
 		case tok && (user || pwd):
