@@ -20,7 +20,7 @@ import (
 
 // api is a client of the server's HTTP API.
 type api struct {
-	t          *testing.T
+	t          testing.TB
 	base       string
 	user, pass string
 }

@@ -33,7 +33,7 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p[:len(p)-1]))
 
 // env is a server and the identities of its polling agents.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	id      *transport.Identity
 	trust   *transport.TrustList
@@ -44,7 +44,7 @@ type env struct {
 	agentID *transport.Identity
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
 	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}})}
@@ -254,29 +254,8 @@ func TestDispatchRespectsSlots(t *testing.T) {
 // same way; the registration outlives a server restart.
 func TestListeningWorker(t *testing.T) {
 	e := newEnv(t)
-	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stateDir := filepath.Join(e.dir, "listening")
-	os.MkdirAll(stateDir, 0o755)
-	id, _, _ := transport.LoadOrCreateIdentity(stateDir)
-	a, err := agent.New(agent.Config{StateDir: stateDir, Bundle: bundle, Identity: id, Name: "l1", Logger: e.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	trust, _ := transport.NewTrustList(e.id.Thumbprint)
-	g := grpc.NewServer(transport.ServerOptions(id, trust, e.log)...)
-	pb.RegisterAgentServer(g, a)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	defer g.Stop()
-
-	if err := e.srv.RegisterListening("l1", lis.Addr().String(), id.Thumbprint); err != nil {
+	addr, tp := e.startListeningAgent("l1")
+	if err := e.srv.RegisterListening("l1", addr, tp); err != nil {
 		t.Fatal(err)
 	}
 	rec, err := e.srv.Submit(server.SubmitRequest{Worker: "l1", Step: numbered(5, "0")})
@@ -289,13 +268,52 @@ func TestListeningWorker(t *testing.T) {
 		t.Errorf("assigned %q", final.Assigned)
 	}
 	// After a restart the server dials it again.
-	addr := e.addr
+	srvAddr := e.addr
 	e.stop()
-	e.start(addr)
+	e.start(srvAddr)
 	rec, err = e.srv.Submit(server.SubmitRequest{Worker: "l1", Step: numbered(3, "0")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	entries, _ = e.waitComplete(rec.ID)
 	checkNumbered(t, entries, 3)
+}
+
+// startListeningAgent starts a real agent in listening mode, trusting the
+// server's identity, and returns its address and thumbprint.
+func (e *env) startListeningAgent(name string) (addr, thumbprint string) {
+	t := e.t
+	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(e.dir, "listening-"+name)
+	os.MkdirAll(stateDir, 0o755)
+	id, _, _ := transport.LoadOrCreateIdentity(stateDir)
+	a, err := agent.New(agent.Config{StateDir: stateDir, Bundle: bundle, Identity: id, Name: name, Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, _ := transport.NewTrustList(e.id.Thumbprint)
+	g := grpc.NewServer(transport.ServerOptions(id, trust, e.log)...)
+	pb.RegisterAgentServer(g, a)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	t.Cleanup(func() { g.Stop(); a.Close() })
+	return lis.Addr().String(), id.Thumbprint
+}
+
+// listeningAgent starts a listening agent and returns a client of it
+// with the server's identity.
+func (e *env) listeningAgent(name string) pb.AgentClient {
+	addr, tp := e.startListeningAgent(name)
+	conn, err := transport.Dial(addr, e.id, tp)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return pb.NewAgentClient(conn)
 }
