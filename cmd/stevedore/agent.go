@@ -31,6 +31,7 @@ func newAgentCommand() *cobra.Command {
 		trust, labels, pools                                    []string
 		maxSteps                                                int
 		grace, retention                                        time.Duration
+		minFreeDisk                                             string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -72,6 +73,13 @@ over the file.`,
 			if flags.Changed("cancel-grace") {
 				cfg.CancelGrace = grace
 			}
+			if flags.Changed("min-free-disk") {
+				n, err := config.ParseSize(minFreeDisk)
+				if err != nil {
+					return fmt.Errorf("--min-free-disk %q: %w", minFreeDisk, err)
+				}
+				cfg.MinFreeDisk = n
+			}
 			if flags.Changed("name") {
 				cfg.Name = name
 			}
@@ -98,6 +106,7 @@ over the file.`,
 	f.StringVar(&bundleDir, "bundle", "", "tool bundle directory (default: bundle/ beside this binary)")
 	f.IntVar(&maxSteps, "max-steps", 4, "steps that run at once; more wait in order")
 	f.DurationVar(&grace, "cancel-grace", 10*time.Second, "default time between TERM and KILL on cancel")
+	f.StringVar(&minFreeDisk, "min-free-disk", "500MiB", "free space the state dir must keep for a new step to be accepted (0: no check)")
 	f.StringVar(&name, "name", "", "this worker's name (default: the host name)")
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
 	f.StringVar(&server, "server", "", "polling mode: the server's polling address (host:10943)")
@@ -214,10 +223,14 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	if cfg.Name == "" {
 		cfg.Name, _ = os.Hostname()
 	}
+	minFree := cfg.MinFreeDisk
+	if minFree == 0 {
+		minFree = -1 // 0 in the file or the flag turns the check off
+	}
 	a, err := agent.New(agent.Config{
 		StateDir: cfg.StateDir, Bundle: bundle, MaxSteps: cfg.MaxSteps, DefaultGrace: cfg.CancelGrace,
 		MasterKey: os.Getenv("MASTER_KEY"), Name: cfg.Name, Pools: cfg.Pools, Labels: cfg.Labels, Identity: id, Logger: log,
-		Images: images, Credentials: resolver, Retention: poll.retention,
+		Images: images, Credentials: resolver, Retention: poll.retention, MinFreeDisk: minFree,
 	})
 	if err != nil {
 		return err

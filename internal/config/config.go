@@ -5,6 +5,7 @@
 //	trust        = ["<64 hex>"]
 //	max_steps    = 4
 //	cancel_grace = "10s"
+//	min_free_disk = "500MiB"
 //	labels       = { zone = "a" }
 //
 //	feed "acme" {
@@ -53,6 +54,9 @@ type Agent struct {
 	Bundle      string   // "" means bundle/ beside the binary
 	MaxSteps    int
 	CancelGrace time.Duration
+	// MinFreeDisk is the free space StateDir must keep for a new step to
+	// be accepted; 0 turns the check off.
+	MinFreeDisk int64
 	Name        string // "" means the host name
 	Pools       []string
 	Labels      map[string]string
@@ -97,6 +101,7 @@ func Defaults() Agent {
 		Listen:      ":10933",
 		MaxSteps:    4,
 		CancelGrace: 10 * time.Second,
+		MinFreeDisk: 500 << 20,
 		Images: Images{
 			PullTimeout:  30 * time.Minute,
 			StallTimeout: 2 * time.Minute,

@@ -41,6 +41,7 @@ func TestLoadExample(t *testing.T) {
 		Bundle:      "/opt/stevedore/bundle",
 		MaxSteps:    4,
 		CancelGrace: 10 * time.Second,
+		MinFreeDisk: 1 << 30,
 		Name:        "worker-1",
 		Pools:       []string{"linux"},
 		Labels:      map[string]string{"zone": "a"},
@@ -124,7 +125,7 @@ images {
 
 func TestDefaults(t *testing.T) {
 	d := Defaults()
-	if d.Listen != ":10933" || d.MaxSteps != 4 || d.CancelGrace != 10*time.Second {
+	if d.Listen != ":10933" || d.MaxSteps != 4 || d.CancelGrace != 10*time.Second || d.MinFreeDisk != 500<<20 {
 		t.Errorf("agent defaults: %+v", d)
 	}
 	want := Images{PullTimeout: 30 * time.Minute, StallTimeout: 2 * time.Minute, Retries: 3, Refresh: time.Hour,

@@ -55,6 +55,7 @@ func (d *decoder) agent(f *fileAgent, a *Agent) {
 		a.Trust = append(a.Trust, p)
 	}
 	d.duration(f.CancelGrace, "cancel_grace", false, &a.CancelGrace)
+	d.size(f.MinFreeDisk, "min_free_disk", &a.MinFreeDisk)
 	d.feeds(f.Feeds, a)
 	if f.Images != nil {
 		d.images(f.Images, a)
@@ -229,6 +230,9 @@ func (d *decoder) size(expr hcl.Expression, field string, dst *int64) {
 	}
 	*dst = n
 }
+
+// ParseSize reads a size as the file writes it ("500MB", "1GiB"), for flags.
+func ParseSize(s string) (int64, error) { return parseSize(s) }
 
 // parseSize reads "20GB" as decimal (go-units' FromHumanSize) and "512MiB"
 // or "512Mi" as binary (go-units' RAMInBytes): go-units itself ignores the

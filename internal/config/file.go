@@ -15,6 +15,7 @@ type fileAgent struct {
 	Bundle      string            `hcl:"bundle,optional"`
 	MaxSteps    int               `hcl:"max_steps,optional"`
 	CancelGrace hcl.Expression    `hcl:"cancel_grace,optional"`
+	MinFreeDisk hcl.Expression    `hcl:"min_free_disk,optional"`
 	Name        string            `hcl:"name,optional"`
 	Pools       []string          `hcl:"pools,optional"`
 	Labels      map[string]string `hcl:"labels,optional"`

@@ -11,6 +11,7 @@ trust = [
 bundle       = "/opt/stevedore/bundle"
 max_steps    = 4
 cancel_grace = "10s"
+min_free_disk = "1GiB"
 name         = "worker-1"
 pools        = ["linux"]
 labels       = { zone = "a" }
