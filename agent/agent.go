@@ -4,8 +4,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -292,6 +294,10 @@ func (a *Agent) reattach(s *step, spec *executor.Spec, req *pb.StartStepRequest)
 	for {
 		ex, err := a.executorFor(s.ctx, &s.rec, req)
 		if err == nil {
+			if err := a.startIfNeverRan(s, ex, spec); err != nil {
+				a.finish(s, spec, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", err.Error())
+				return
+			}
 			a.follow(s, ex, spec, req)
 			return
 		}
@@ -327,6 +333,40 @@ func (a *Agent) reattach(s *step, spec *executor.Spec, req *pb.StartStepRequest)
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// neverRanGrace is how long a reattached step's output.log may take to
+// appear before the runner is taken to have never started.
+const neverRanGrace = 2 * time.Second
+
+// startIfNeverRan starts the runner of a step recorded as started whose
+// runner never ran: the agent stopped between recording the start and
+// making it. output.log is the runner's first act, so without it the script
+// has not run; and were a runner starting after all, its O_EXCL guard on
+// output.log stops the script from running twice.
+func (a *Agent) startIfNeverRan(s *step, ex executor.Executor, spec *executor.Spec) error {
+	path := filepath.Join(s.rec.StepDir, stepspec.OutputLog)
+	for deadline := time.Now().Add(neverRanGrace); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+	}
+	a.log.Info("the step's runner never ran; starting it", "ticket", s.rec.Ticket)
+	secrets, err := a.openSecrets(s)
+	if err != nil {
+		return err
+	}
+	stdin, err := json.Marshal(stepspec.Secrets{Variables: secrets.runnerVariables(), StepKey: secrets.StepKey})
+	if err != nil {
+		return fmt.Errorf("step secrets: %w", err)
+	}
+	if err := ex.Prepare(a.ctx, spec, func(string, ...any) {}); err != nil {
+		return err
+	}
+	return ex.Start(a.ctx, spec, stdin)
 }
 
 // endedRunner stands in for the Docker executor when the engine is away
@@ -374,6 +414,13 @@ func (a *Agent) resume() error {
 		a.steps[rec.Ticket] = s
 		if rec.State == pb.StepState_STEP_STATE_COMPLETE {
 			s.completeOnce.Do(func() { close(s.done) })
+			if rec.RunnerStarted && !rec.Completed {
+				// Its lines are still to be collected: serve them from output.log.
+				s.log = newRunnerLog(filepath.Join(rec.StepDir, stepspec.OutputLog), s.firstRunnerSeqLocked())
+				if _, err := s.log.poll(nil); err != nil {
+					a.log.Warn("the log of a completed step is unreadable", "ticket", rec.Ticket, "error", err)
+				}
+			}
 			continue
 		}
 		a.log.Info("resuming step", "ticket", rec.Ticket, "state", rec.State)
