@@ -9,7 +9,7 @@ LDFLAGS := -X stevedore/internal/version.Version=$(VERSION)
 # go test flags; e.g. `make test TESTFLAGS=-v` or `TESTFLAGS='-run Pull'`.
 TESTFLAGS ?=
 
-.PHONY: all setup build proto proto-check vet fmt-check test demo bench clean
+.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench clean
 
 all: build
 
@@ -42,6 +42,12 @@ fmt-check:
 ## test: set-up, vet, gofmt, the contract's freshness and every test, against the real engine
 test: setup vet fmt-check proto-check
 	$(GO) test -count=1 -timeout 30m $(TESTFLAGS) ./...
+
+## fault: set-up, then the fault suite: the agent SIGKILLed mid-steps, the
+## Docker Engine stopped and restarted mid-step (it stops the shared engine,
+## so it runs alone, after `make test`, one package at a time; STEVEDORE_FAULTS=1 enables them)
+fault: setup
+	STEVEDORE_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 10m -run 'Fault' $(TESTFLAGS) ./...
 
 ## demo: set-up, an agent on loopback and a real step in a container, its log and exit code
 demo: setup build
