@@ -225,3 +225,18 @@ func killSession(sid int) {
 		}
 	}
 }
+
+// A step that completed before the agent stopped is served whole by the
+// next agent process, until the server collects it.
+func TestCompletedStepServedAfterRestart(t *testing.T) {
+	ta := startAgent(t)
+	tk := ticket(t)
+	first := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: host(), Script: bash("echo one; echo two; exit 2")})
+	ta.stop()
+	ta.start()
+	again := ta.follow(t, tk)
+	if !slices.Equal(again.stdout, first.stdout) || exitCode(again.final) != 2 {
+		t.Fatalf("after the restart %q exit %d, before %q exit 2", again.stdout, exitCode(again.final), first.stdout)
+	}
+	ta.complete(t, tk)
+}
