@@ -63,7 +63,20 @@ func (l *runnerLog) close() {
 
 // poll reads the complete records appended since the last poll, handing
 // each event record to onEvent. It returns how many records it read.
+// onEvent runs after l.mu is released: it takes the step's mutex, which
+// GetStatus holds while it asks lastSeq, and the two orders would deadlock.
+// Polls of one log are sequential, so events still arrive in order.
 func (l *runnerLog) poll(onEvent func(seq uint64, ev steplog.Event)) (int, error) {
+	type event struct {
+		seq uint64
+		ev  steplog.Event
+	}
+	var events []event
+	defer func() {
+		for _, e := range events {
+			onEvent(e.seq, e.ev)
+		}
+	}()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.broken != nil {
@@ -99,7 +112,7 @@ func (l *runnerLog) poll(onEvent func(seq uint64, ev steplog.Event)) (int, error
 		if rec.Kind == steplog.KindEvent && onEvent != nil {
 			var ev steplog.Event
 			if json.Unmarshal(rec.Data, &ev) == nil {
-				onEvent(rec.Seq, ev)
+				events = append(events, event{rec.Seq, ev})
 			}
 		}
 	}
