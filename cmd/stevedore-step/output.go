@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -291,66 +289,6 @@ func (s *stream) service(data []byte, cont bool) bool {
 			break
 		}
 		i += 2 + next
-	}
-	return false
-}
-
-// masker replaces sensitive values with maskText.
-type masker struct {
-	vals [][]byte // longest first, so that a value that holds another is masked whole
-	seen map[string]bool
-}
-
-// add masks v from now on; and each line of a value of several lines, which
-// would appear one line per record.
-func (m *masker) add(v string) {
-	m.addOne(v)
-	if strings.Contains(v, "\n") {
-		for _, line := range strings.Split(v, "\n") {
-			line = strings.TrimSuffix(line, "\r")
-			if strings.TrimSpace(line) != "" {
-				m.addOne(line)
-			}
-		}
-	}
-}
-
-func (m *masker) addOne(v string) {
-	if v == "" || m.seen[v] {
-		return
-	}
-	if m.seen == nil {
-		m.seen = make(map[string]bool)
-	}
-	m.seen[v] = true
-	m.vals = append(m.vals, []byte(v))
-	slices.SortStableFunc(m.vals, func(a, b []byte) int { return len(b) - len(a) })
-}
-
-// apply returns b with every value masked. b itself is never modified (it
-// may be the read buffer); a new slice is returned when something matched.
-func (m *masker) apply(b []byte) []byte {
-	for _, v := range m.vals {
-		if bytes.Contains(b, v) {
-			b = bytes.ReplaceAll(b, v, []byte(maskText))
-		}
-	}
-	return b
-}
-
-func (m *masker) applyString(s string) string {
-	for _, v := range m.vals {
-		s = strings.ReplaceAll(s, string(v), maskText)
-	}
-	return s
-}
-
-// containedIn reports whether s holds a masked value.
-func (m *masker) containedIn(s string) bool {
-	for _, v := range m.vals {
-		if strings.Contains(s, string(v)) {
-			return true
-		}
 	}
 	return false
 }
