@@ -413,12 +413,18 @@ func (s *step) onEvent(_ uint64, ev steplog.Event) {
 		} else {
 			v.Value = ev.Value
 		}
-		for i := range s.rec.OutputVariables {
-			if s.rec.OutputVariables[i].Name == v.Name {
-				s.rec.OutputVariables[i] = v
-				return
+		// An index by name, so that a flood of setVariable stays linear.
+		if s.varIndex == nil {
+			s.varIndex = make(map[string]int, len(s.rec.OutputVariables))
+			for i, ov := range s.rec.OutputVariables {
+				s.varIndex[ov.Name] = i
 			}
 		}
+		if i, ok := s.varIndex[v.Name]; ok {
+			s.rec.OutputVariables[i] = v
+			return
+		}
+		s.varIndex[v.Name] = len(s.rec.OutputVariables)
 		s.rec.OutputVariables = append(s.rec.OutputVariables, v)
 	case "createArtifact":
 		work := filepath.Join(s.rec.StepDir, stepspec.WorkDir)

@@ -88,6 +88,8 @@ type step struct {
 	secrets *stepSecrets
 	// log follows output.log.
 	log *runnerLog
+	// varIndex finds an output variable in rec by name; built on first use.
+	varIndex map[string]int
 	// pending are agent lines written while the runner runs; they join
 	// PostLines when it has ended, so sequences stay gapless.
 	pending []agentLine
