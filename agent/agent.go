@@ -424,6 +424,9 @@ func (a *Agent) resume() error {
 			continue
 		}
 		a.log.Info("resuming step", "ticket", rec.Ticket, "state", rec.State)
+		if rec.RunnerStarted {
+			a.slots.hold(rec.Ticket) // released when run ends
+		}
 		go a.run(s)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"stevedore/agent"
 	"stevedore/executor"
 	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
@@ -239,4 +240,40 @@ func TestCompletedStepServedAfterRestart(t *testing.T) {
 		t.Fatalf("after the restart %q exit %d, before %q exit 2", again.stdout, exitCode(again.final), first.stdout)
 	}
 	ta.complete(t, tk)
+}
+
+// A step reattached after a restart holds its slot: with one slot, a new
+// step waits until the reattached one has ended.
+func TestReattachedStepHoldsItsSlot(t *testing.T) {
+	ta := startAgent(t, func(c *agent.Config) { c.MaxSteps = 1 })
+	first := ticket(t)
+	ctx := context.Background()
+	_, err := ta.client.StartStep(ctx, &pb.StartStepRequest{Ticket: first, Execution: host(),
+		Script: bash("echo started; sleep 3; echo first done")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForLine(t, ta, first, "started")
+	ta.stop()
+	ta.start()
+	caps, err := ta.client.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps.GetRunningSteps() != 1 {
+		t.Errorf("running steps after the restart: %d, want the reattached one", caps.GetRunningSteps())
+	}
+	second := ticket(t)
+	if _, err := ta.client.StartStep(ctx, &pb.StartStepRequest{Ticket: second, Execution: host(), Script: bash("echo second ran")}); err != nil {
+		t.Fatal(err)
+	}
+	firstRun := ta.follow(t, first)
+	secondRun := ta.follow(t, second)
+	if !secondRun.final.GetStartedAt().AsTime().After(firstRun.final.GetFinishedAt().AsTime().Add(-100 * time.Millisecond)) {
+		t.Errorf("the second step started at %v, before the reattached one ended at %v",
+			secondRun.final.GetStartedAt().AsTime(), firstRun.final.GetFinishedAt().AsTime())
+	}
+	if !strings.Contains(strings.Join(secondRun.agent, "\n"), "waiting for a free step slot") {
+		t.Errorf("the second step did not wait for a slot: %q", secondRun.agent)
+	}
 }

@@ -43,7 +43,9 @@ func (a *Agent) run(s *step) {
 	}
 	spec := a.execSpec(s, req, secrets)
 	if s.rec.RunnerStarted {
-		// An earlier agent process started the runner: follow it again.
+		// An earlier agent process started the runner: follow it again,
+		// in the slot resume gave it.
+		defer a.slots.release(s.rec.Ticket)
 		a.reattach(s, spec, req)
 		return
 	}

@@ -61,6 +61,15 @@ func (s *slots) acquire(ctx context.Context, ticket string, onWait func(holders 
 	}
 }
 
+// hold gives ticket a slot at once, beyond max if need be: a step an
+// earlier agent process started is running whatever the count says, and
+// must be counted before new steps are let in.
+func (s *slots) hold(ticket string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holders[ticket] = true
+}
+
 // release frees ticket's slot. Safe to call for a ticket holding none.
 func (s *slots) release(ticket string) {
 	s.mu.Lock()
