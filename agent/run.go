@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -564,4 +563,3 @@ func (a *Agent) prepareStepDir(s *step, req *pb.StartStepRequest) error {
 	return nil
 }
 
-var _ = context.Background

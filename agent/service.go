@@ -45,6 +45,14 @@ func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.St
 		if err := a.checkDisk(); err != nil {
 			return nil, status.Error(codes.ResourceExhausted, err.Error())
 		}
+		// An upload that is not here fails now, not half-way into the step.
+		for i, f := range req.GetFiles() {
+			if id := f.GetFileId(); id != "" {
+				if _, err := os.Stat(a.uploadPath(id)); err != nil {
+					return nil, status.Errorf(codes.FailedPrecondition, "files[%d] (%s): file_id %s was not uploaded to this agent: call UploadFile first", i, f.GetPath(), id)
+				}
+			}
+		}
 	}
 	s, err := a.accept(req)
 	if err != nil {
