@@ -95,7 +95,10 @@ over the file.`,
 			for k, v := range lbl {
 				cfg.Labels[k] = v
 			}
-			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint, retention: retention}, log)
+			if flags.Changed("retention") {
+				cfg.Retention = retention
+			}
+			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint}, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
@@ -119,10 +122,8 @@ over the file.`,
 }
 
 // polling is the server a polling agent dials; empty addr: listening mode.
-// retention rides along so that serveAgent's signature stays as it is.
 type polling struct {
 	addr, thumbprint string
-	retention        time.Duration
 }
 
 // agentPIDFile, in the state dir, names the running agent's process for
@@ -230,7 +231,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	a, err := agent.New(agent.Config{
 		StateDir: cfg.StateDir, Bundle: bundle, MaxSteps: cfg.MaxSteps, DefaultGrace: cfg.CancelGrace,
 		MasterKey: os.Getenv("MASTER_KEY"), Name: cfg.Name, Pools: cfg.Pools, Labels: cfg.Labels, Identity: id, Logger: log,
-		Images: images, Credentials: resolver, Retention: poll.retention, MinFreeDisk: minFree,
+		Images: images, Credentials: resolver, Retention: cfg.Retention, MinFreeDisk: minFree,
 	})
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@
 //	max_steps    = 4
 //	cancel_grace = "10s"
 //	min_free_disk = "500MiB"
+//	retention    = "24h"
 //	labels       = { zone = "a" }
 //
 //	feed "acme" {
@@ -57,11 +58,14 @@ type Agent struct {
 	// MinFreeDisk is the free space StateDir must keep for a new step to
 	// be accepted; 0 turns the check off.
 	MinFreeDisk int64
-	Name        string // "" means the host name
-	Pools       []string
-	Labels      map[string]string
-	Feeds       []registry.Feed
-	Images      Images
+	// Retention is how long a completed step no client collected keeps its
+	// container and workspace, and a collected one its journal tombstone.
+	Retention time.Duration
+	Name      string // "" means the host name
+	Pools     []string
+	Labels    map[string]string
+	Feeds     []registry.Feed
+	Images    Images
 }
 
 // Images configures the image cache.
@@ -102,6 +106,7 @@ func Defaults() Agent {
 		MaxSteps:    4,
 		CancelGrace: 10 * time.Second,
 		MinFreeDisk: 500 << 20,
+		Retention:   24 * time.Hour,
 		Images: Images{
 			PullTimeout:  30 * time.Minute,
 			StallTimeout: 2 * time.Minute,

@@ -12,6 +12,9 @@ bundle       = "/opt/stevedore/bundle"
 max_steps    = 4
 cancel_grace = "10s"
 min_free_disk = "1GiB"
+# How long a completed step no client collected keeps its container and
+# workspace (and a collected one its journal tombstone).
+retention = "12h"
 name         = "worker-1"
 pools        = ["linux"]
 labels       = { zone = "a" }
