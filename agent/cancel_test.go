@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -17,8 +16,6 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/image"
-	dockerregistry "github.com/docker/docker/api/types/registry"
-	"github.com/docker/docker/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"stevedore/agent"
@@ -211,46 +208,13 @@ func (p *stallProxy) serve(c net.Conn, target string, stop <-chan struct{}) {
 	}
 }
 
-// pushRandomImage pushes an image of one layer of size random bytes to the
-// local registry and removes it from the engine, so a pull must fetch it.
-func pushRandomImage(t *testing.T, cli *client.Client, size int) string {
-	t.Helper()
-	ctx := context.Background()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	data := make([]byte, size)
-	rand.Read(data)
-	tw.WriteHeader(&tar.Header{Name: "data", Mode: 0o644, Size: int64(size)})
-	tw.Write(data)
-	tw.Close()
-	name := make([]byte, 4)
-	rand.Read(name)
-	ref := testenv.Registry + "/test/cancel-pull-" + hex.EncodeToString(name) + ":1"
-	rc, err := cli.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, ref, image.ImportOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, rc)
-	rc.Close()
-	auth, _ := dockerregistry.EncodeAuthConfig(dockerregistry.AuthConfig{Username: testenv.RegistryUser, Password: testenv.RegistryPassword, ServerAddress: testenv.Registry})
-	rc, err = cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _ := io.ReadAll(rc)
-	rc.Close()
-	if bytes.Contains(out, []byte(`"error"`)) {
-		t.Fatalf("push %s: %s", ref, out)
-	}
-	cli.ImageRemove(ctx, ref, image.RemoveOptions{Force: true, PruneChildren: true})
-	return ref
-}
-
 // A step cancelled while its image is being pulled (a registry that went
 // silent mid-layer) ends CANCELLED at once, without a container.
 func TestCancelWhilePulling(t *testing.T) {
 	cli := withImages(t, testenv.Bookworm)
-	ref := pushRandomImage(t, cli, 8<<20)
+	name := make([]byte, 4)
+	rand.Read(name)
+	ref := testenv.PushRandomImage(t, cli, "cancel-pull-"+hex.EncodeToString(name), "1", 8<<20)
 	proxy := newStallProxy(t, testenv.Registry, 1<<20)
 	viaProxy := proxy.lis.Addr().String() + strings.TrimPrefix(ref, testenv.Registry)
 	t.Cleanup(func() {

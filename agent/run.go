@@ -562,4 +562,3 @@ func (a *Agent) prepareStepDir(s *step, req *pb.StartStepRequest) error {
 	}
 	return nil
 }
-

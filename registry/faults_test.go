@@ -1,9 +1,7 @@
 package registry_test
 
 import (
-	"archive/tar"
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -19,7 +17,6 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/image"
-	dockerregistry "github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 	"github.com/hashicorp/go-hclog"
 
@@ -95,49 +92,19 @@ func (p *faultProxy) serve(c net.Conn, stop <-chan struct{}) {
 	}
 }
 
-// pushUnique builds an image holding size random bytes, pushes it to the
-// local registry as test/<repo>:<tag> and removes it from the engine, so
-// that Ensure must really pull it. Returns the reference and its digest.
+// pushUnique pushes a fresh image (testenv.PushRandomImage) and returns
+// its reference and digest.
 func pushUnique(t *testing.T, cli *client.Client, repo, tag string, size int) (string, string) {
 	t.Helper()
-	ctx := context.Background()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	data := make([]byte, size)
-	rand.Read(data)
-	if err := tw.WriteHeader(&tar.Header{Name: "data", Mode: 0o644, Size: int64(size)}); err != nil {
-		t.Fatal(err)
-	}
-	tw.Write(data)
-	tw.Close()
-	ref := testenv.Registry + "/test/" + repo + ":" + tag
-	rc, err := cli.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, ref, image.ImportOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, rc)
-	rc.Close()
-	auth, _ := dockerregistry.EncodeAuthConfig(dockerregistry.AuthConfig{Username: testenv.RegistryUser, Password: testenv.RegistryPassword, ServerAddress: testenv.Registry})
-	rc, err = cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _ := io.ReadAll(rc)
-	rc.Close()
-	if bytes.Contains(out, []byte(`"error"`)) {
-		t.Fatalf("push %s: %s", ref, out)
-	}
-	removeImage(cli, ref)
-	digest, err := registry.Access(ctx, ref, fixtureCreds)
+	ref := testenv.PushRandomImage(t, cli, repo, tag, size)
+	digest, err := registry.Access(context.Background(), ref, fixtureCreds)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ref, digest
 }
 
-func removeImage(cli *client.Client, ref string) {
-	cli.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true, PruneChildren: true})
-}
+func removeImage(cli *client.Client, ref string) { testenv.RemoveImage(cli, ref) }
 
 func uniqueName(prefix string) string {
 	b := make([]byte, 4)

@@ -266,11 +266,17 @@ func printLines(lines []*pb.LogLine, after uint64, stdout, stderr *bufio.Writer)
 // being unreachable, or the agent has been unreachable for unreachableFor.
 // Every call it retries is idempotent.
 func retry(ctx context.Context, f func() error) error {
+	return retryWhile(ctx, func(err error) bool { return status.Code(err) == codes.Unavailable }, f)
+}
+
+// retryWhile calls f, with backoff, while it fails in a way transient says
+// may pass, for up to unreachableFor.
+func retryWhile(ctx context.Context, transient func(error) bool, f func() error) error {
 	deadline := time.Now().Add(unreachableFor)
 	backoff := 200 * time.Millisecond
 	for {
 		err := f()
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+		if err == nil || !transient(err) || time.Now().After(deadline) {
 			return err
 		}
 		select {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -98,20 +97,7 @@ func transientAPIError(err error) bool {
 // been unreachable for unreachableFor. Every call it retries is idempotent
 // (a submission carries its key).
 func retryAPI(ctx context.Context, f func() error) error {
-	deadline := time.Now().Add(unreachableFor)
-	backoff := 200 * time.Millisecond
-	for {
-		err := f()
-		if err == nil || !transientAPIError(err) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+	return retryWhile(ctx, transientAPIError, f)
 }
 
 // runViaServer submits the step to the server's API, streams its log and
