@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -40,16 +41,6 @@ type agentProc struct {
 	exited chan struct{}
 	conn   *grpc.ClientConn
 	client pb.AgentClient
-}
-
-// buildStevedore builds this command into dir.
-func buildStevedore(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "stevedore")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build stevedore: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func newAgentProc(t *testing.T, bin string, extra ...string) *agentProc {
@@ -249,7 +240,7 @@ func TestAgentSignals(t *testing.T) {
 			}()
 		}, true},
 	}
-	bin := buildStevedore(t)
+	bin := testenv.Binary(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newAgentProc(t, bin)
@@ -323,4 +314,58 @@ func waitLine(t *testing.T, p *agentProc, tk, want string) {
 		}
 	}
 	t.Fatalf("no line %q", want)
+}
+
+// `stevedore run` in direct mode rides out an agent killed and restarted
+// mid-step: it prints every line once, in order, and exits with the step's
+// real code.
+func TestRunRidesOutAnAgentRestart(t *testing.T) {
+	p := newAgentProc(t, testenv.Binary(t))
+	p.start()
+	var stdout, stderr syncBuffer
+	run := exec.Command(p.bin, "run", "--state-dir", filepath.Join(filepath.Dir(p.stateDir), "client"), "--agent", p.addr,
+		"--agent-thumbprint", p.agentTP, "--script", "for i in $(seq 1 40); do echo line $i; sleep 0.05; done; exit 6")
+	run.Stdout, run.Stderr = &stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), "line 10\n"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line 10; stderr: %s", stderr.String())
+		}
+	}
+	p.signal(syscall.SIGKILL)
+	p.wait(10 * time.Second)
+	time.Sleep(time.Second) // the run client finds the agent gone
+	p.start()
+	err := run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 6 {
+		t.Fatalf("run: %v, want exit code 6\nstderr: %s", err, stderr.String())
+	}
+	want := make([]string, 40)
+	for i := range want {
+		want[i] = fmt.Sprintf("line %d", i+1)
+	}
+	if got := strings.TrimSpace(stdout.String()); got != strings.Join(want, "\n") {
+		t.Errorf("run's stdout:\n%s", got)
+	}
+}
+
+// syncBuffer is an output sink read while a process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

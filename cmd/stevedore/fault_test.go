@@ -27,7 +27,7 @@ func TestFaultAgentKilled(t *testing.T) {
 	const steps, lines, maxKills = 20, 40, 10
 	cli, _ := testenv.Docker(t)
 	testenv.Image(t, cli, testenv.Bookworm)
-	p := newAgentProc(t, buildStevedore(t), "--max-steps", "6")
+	p := newAgentProc(t, testenv.Binary(t), "--max-steps", "6")
 	p.start()
 	marks := t.TempDir() // host scripts leave a mark per run
 	if err := os.Chmod(marks, 0o777); err != nil {
