@@ -62,30 +62,67 @@ func (s *Server) dispatch() {
 }
 
 // pick reserves a slot on the least busy connected worker serving rec;
-// a worker never gets more steps than its slots.
+// a worker never gets more steps than its slots. When there is none, it
+// records why, for the API to show.
 func (s *Server) pick(rec StepRecord) *worker {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best *worker
 	bestLoad := 0
+	var serving, connected, capable int
 	for _, w := range s.workers {
-		if !w.serves(rec.Worker, rec.Pool) || (rec.Image != "" && !w.hasDocker()) {
+		if !w.serves(rec.Worker, rec.Pool) {
 			continue
 		}
+		serving++
 		w.mu.Lock()
-		free := w.client != nil && w.inflight < w.slots
+		up := w.client != nil
+		docker := w.caps.GetDocker().GetAvailable()
+		free := up && w.inflight < w.slots
 		load := w.inflight
 		w.mu.Unlock()
+		if up {
+			connected++
+		}
+		if rec.Image != "" && !docker {
+			continue
+		}
+		if up {
+			capable++
+		}
 		if free && (best == nil || load < bestLoad) {
 			best, bestLoad = w, load
 		}
 	}
 	if best != nil {
+		delete(s.waiting, rec.ID)
 		best.mu.Lock()
 		best.inflight++
 		best.mu.Unlock()
+		return best
 	}
-	return best
+	target := "pool " + rec.Pool
+	if rec.Worker != "" {
+		target = "worker " + rec.Worker
+	}
+	switch {
+	case serving == 0:
+		s.waiting[rec.ID] = "no worker of " + target + " is known yet"
+	case connected == 0:
+		s.waiting[rec.ID] = "no worker of " + target + " is connected"
+	case capable == 0:
+		s.waiting[rec.ID] = "no connected worker of " + target + " has a Docker Engine available for a container step"
+	default:
+		s.waiting[rec.ID] = "every capable worker of " + target + " is busy: waiting for a free slot"
+	}
+	return nil
+}
+
+// waitingFor says why a queued step waits, if dispatch has looked at it.
+func (s *Server) waitingFor(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiting[id]
 }
 
 // drive runs a dispatched step on its worker to the end: StartStep (by

@@ -76,12 +76,18 @@ func (s *Server) authenticated(next http.Handler) http.Handler {
 // StepView is a step as the API shows it (the sealed request is not shown).
 type StepView struct {
 	StepRecord
-	Log string `json:"log"`
+	// WaitingFor says why a queued step is not running yet.
+	WaitingFor string `json:"waiting_for,omitempty"`
+	Log        string `json:"log"`
 }
 
 func (s *Server) view(rec StepRecord) StepView {
 	rec.Sealed = nil
-	return StepView{StepRecord: rec, Log: "/api/steps/" + rec.ID + "/log"}
+	v := StepView{StepRecord: rec, Log: "/api/steps/" + rec.ID + "/log"}
+	if rec.State == StateQueued {
+		v.WaitingFor = s.waitingFor(rec.ID)
+	}
+	return v
 }
 
 // SubmitBody is the body of POST /api/steps.

@@ -311,3 +311,31 @@ func readFileTrim(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return strings.TrimSpace(string(b)), err
 }
+
+// A queued step says why it waits.
+func TestAPIQueuedStepSaysWhy(t *testing.T) {
+	e := newEnv(t)
+	a := e.api()
+	v := a.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, b := a.do("GET", "/api/steps/"+v.ID, nil)
+		var got server.StepView
+		if code != http.StatusOK || json.Unmarshal(b, &got) != nil {
+			t.Fatalf("%d %s", code, b)
+		}
+		if got.WaitingFor != "" {
+			if got.State != server.StateQueued || !strings.Contains(got.WaitingFor, "nowhere") {
+				t.Errorf("state %s, waiting for %q", got.State, got.WaitingFor)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a queued step with no worker does not say why it waits")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, _ := a.do("POST", "/api/steps/"+v.ID+"/cancel", nil); code != http.StatusAccepted {
+		t.Errorf("cancel: %d", code)
+	}
+}

@@ -139,6 +139,8 @@ type Server struct {
 	workers map[string]*worker // by name
 	changed map[string]chan struct{}
 	cancels map[string]chan struct{}
+	// waiting says why each queued step is not dispatched yet.
+	waiting map[string]string
 	conns   map[*transport.PollingConn]bool
 }
 
@@ -183,7 +185,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
-		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{},
+		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{}, waiting: map[string]string{},
 		conns: map[*transport.PollingConn]bool{}}
 	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
 		db.Close()
@@ -348,6 +350,9 @@ func (s *Server) Cancel(id string) (StepRecord, error) {
 	case rec.State == StateComplete:
 		return rec, ErrStepComplete
 	case rec.State == StateQueued:
+		s.mu.Lock()
+		delete(s.waiting, id)
+		s.mu.Unlock()
 		rec.CancelRequested = true
 		s.finish(rec, nil, "CANCELLED", "cancelled before it was dispatched")
 	default:
