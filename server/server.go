@@ -116,6 +116,9 @@ type Config struct {
 	// AdminUsername and AdminPassword (ADMIN_USERNAME, ADMIN_PASSWORD)
 	// create the API's admin credentials on the first start.
 	AdminUsername, AdminPassword string
+	// Retention is how long a completed step's record, task log and
+	// artifacts are kept; 0 keeps them for ever.
+	Retention time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
 	Logger                    hclog.Logger
@@ -224,6 +227,9 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	go s.dispatchLoop()
+	if cfg.Retention > 0 {
+		go s.keepRetention()
+	}
 	return s, nil
 }
 

@@ -26,6 +26,7 @@ type serverOptions struct {
 	trust                                                         []string
 	builtinWorker                                                 bool
 	builtinSlots                                                  int
+	retention                                                     time.Duration
 }
 
 func newServerCommand() *cobra.Command {
@@ -60,6 +61,7 @@ port like any other worker, in the pool "builtin".`,
 	f.StringVar(&o.artifacts, "artifacts", "", "artifact directory (default DATA_DIR/artifacts)")
 	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
 	f.IntVar(&o.builtinSlots, "builtin-worker-slots", 2, "steps the built-in worker runs at once")
+	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
 	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
 }
@@ -84,7 +86,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
-		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Logger: log})
+		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, Logger: log})
 	if err != nil {
 		return err
 	}
