@@ -43,13 +43,18 @@ fmt-check:
 test: setup vet fmt-check proto-check
 	$(GO) test -count=1 -timeout 30m $(TESTFLAGS) ./...
 
-## fault: set-up, then the fault suite: the agent SIGKILLed mid-steps, the
-## Docker Engine stopped and restarted mid-step (it stops the shared engine,
-## so it runs alone, after `make test`, one package at a time; STEVEDORE_FAULTS=1 enables them)
+## fault: set-up, then the fault suite over real steps: the agent SIGKILLed at
+## random across 20 steps, the Docker Engine restarted mid-step (STEVEDORE_FAULTS=1
+## enables those two; they stop shared things, so the suite runs one package at a
+## time, after `make test`), the server killed mid-step, connections cut, agents
+## restarted, steps that ignore TERM cancelled, isolation waits timing out, two
+## agents on one host reaping only their own, and every bad input followed by a
+## normal step
+FAULT_TESTS := Fault|Killed|RidesOut|Restart|Reattach|CutConnection|Cancel|Isolation|Reap|BadInput|Hostile|Flood|Signals|EngineAbsent
 fault: setup
-	STEVEDORE_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 10m -run 'Fault' $(TESTFLAGS) ./...
+	STEVEDORE_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 20m -run '$(FAULT_TESTS)' $(TESTFLAGS) ./...
 
-## demo: set-up, an agent on loopback and a real step in a container, its log and exit code
+## demo: set-up, a server and a polling agent on loopback, a real step in a container through the server, its log and exit code
 demo: setup build
 	@bash scripts/demo.sh
 
