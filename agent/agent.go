@@ -92,6 +92,7 @@ type Agent struct {
 
 	// isolation is the named reader/writer mutexes of StartStepRequest.isolation.
 	isolation *isolation
+	metrics   *metrics
 
 	// ctx ends when the agent shuts down.
 	ctx    context.Context
@@ -163,6 +164,7 @@ func New(cfg Config) (*Agent, error) {
 
 		isolation: newIsolation(),
 	}
+	a.metrics = newMetrics(a)
 	if _, err := a.dockerExecutor(ctx); err != nil {
 		log.Warn("no Docker Engine: container steps fail until one answers; host steps run", "error", err)
 	}
@@ -223,7 +225,7 @@ func (a *Agent) dockerExecutor(ctx context.Context) (*executor.Docker, error) {
 	a.coord = registry.NewCoordinator(registry.Options{
 		Engine: cli, Store: a.images, AllowedImages: im.AllowedImages,
 		PullTimeout: im.PullTimeout, StallTimeout: im.StallTimeout, Retries: im.Retries,
-		GC: im.GC, Logger: a.log,
+		GC: im.GC, Logger: a.log, OnPull: a.metrics.pullEnded,
 	})
 	a.docker = executor.NewDocker(cli, a.coord, a.images, a.cfg.Bundle, a.cfg.Identity.Thumbprint, a.probes, a.log)
 	a.log.Info("connected to the Docker Engine", "host", info.Host, "version", info.Version, "api_version", info.APIVersion)

@@ -182,6 +182,7 @@ func (a *Agent) follow(s *step, ex executor.Executor, spec *executor.Spec, req *
 	var exit executor.Exit
 	for {
 		n, err := rl.poll(s.onEvent)
+		a.metrics.logLines.Add(float64(n))
 		if n > 0 {
 			s.mu.Lock()
 			s.notifyLocked()
@@ -245,7 +246,8 @@ ended:
 	// Everything the runner wrote is in output.log once result.json exists,
 	// unless the runner says writing it failed; then what is there is all.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		_, err := rl.poll(s.onEvent)
+		n, err := rl.poll(s.onEvent)
+		a.metrics.logLines.Add(float64(n))
 		if err != nil || resErr != nil || result.RunnerError || rl.lastSeq() >= result.LastSequence || time.Now().After(deadline) {
 			break
 		}
@@ -356,6 +358,7 @@ func (a *Agent) finish(s *step, spec *executor.Spec, outcome pb.Outcome, code *i
 	s.notifyLocked()
 	s.secrets = nil
 	s.completeOnce.Do(func() { close(s.done) })
+	a.metrics.stepFinished(outcome, s.rec.FinishedAt.Sub(s.rec.CreatedAt))
 	a.log.Info("step complete", "ticket", s.rec.Ticket, "outcome", outcome, "exit_code", derefCode(code), "reason", reason)
 }
 

@@ -126,6 +126,7 @@ func (a *Agent) accept(req *pb.StartStepRequest) (*step, error) {
 	s := a.newStep(rec)
 	s.secrets = &sec
 	a.steps[rec.Ticket] = s
+	a.metrics.stepsStarted.Inc()
 	a.log.Info("step accepted", "ticket", rec.Ticket, "task_id", rec.TaskID, "image_ref", req.GetExecution().GetContainer().GetImage())
 	go a.run(s)
 	return s, nil

@@ -143,6 +143,7 @@ func (s *step) agentLog(text string) {
 		s.rec.PreLines = append(s.rec.PreLines, l)
 		s.persistLocked()
 	}
+	s.a.metrics.logLines.Inc()
 	s.notifyLocked()
 }
 

@@ -51,6 +51,10 @@ type Options struct {
 	AccessTTL time.Duration
 	GC        GCOptions
 	Logger    hclog.Logger
+	// OnPull, if set, hears of every pull's end (one call however many
+	// steps shared it), for metrics: result is success, failed, timeout
+	// or cancelled. It must not block.
+	OnPull func(result string, took time.Duration)
 }
 
 // Coordinator makes images available to steps: one pull per reference and

@@ -142,14 +142,17 @@ func (c *Coordinator) broadcast(p *pull, pr Progress) {
 // runPull pulls with retries and records the result.
 func (c *Coordinator) runPull(p *pull, ref reference.Named, req Request) {
 	log := c.log.With("image_ref", ref.String())
+	start := time.Now()
 	defer func() {
+		if c.opt.OnPull != nil {
+			c.opt.OnPull(pullResult(p.ctx, p.err), time.Since(start))
+		}
 		c.mu.Lock()
 		delete(c.pulls, p.key)
 		c.mu.Unlock()
 		p.cancel()
 		close(p.done)
 	}()
-	start := time.Now()
 	backoff := c.opt.Backoff
 	for attempt := 1; ; attempt++ {
 		err := c.attempt(p, ref, req, attempt)
@@ -202,6 +205,20 @@ func (c *Coordinator) runPull(p *pull, ref reference.Named, req Request) {
 			return
 		}
 	}
+}
+
+// pullResult names how a pull ended, for Options.OnPull; read before
+// p.cancel, so a cancelled context means the pull was stopped.
+func pullResult(ctx context.Context, err error) string {
+	switch {
+	case err == nil:
+		return "success"
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return "timeout"
+	case ctx.Err() != nil:
+		return "cancelled"
+	}
+	return "failed"
 }
 
 func permanent(err error) bool {
