@@ -151,6 +151,20 @@ func ClientTLSConfig(id *Identity, trust *TrustList) *tls.Config {
 	}
 }
 
+// PinnedTLSConfig is a TLS client configuration, without a client
+// certificate, that accepts the server only if its thumbprint is pinned:
+// for HTTPS to a stevedore server that presents its own identity.
+func PinnedTLSConfig(trust *TrustList) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // pinned below, stricter than a CA chain
+		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			_, err := verifyPinned(trust, rawCerts)
+			return err
+		},
+	}
+}
+
 func addrString(c net.Conn) string {
 	if c == nil || c.RemoteAddr() == nil {
 		return ""

@@ -40,7 +40,7 @@ type runOptions struct {
 	timeout                                 time.Duration
 	syntax, resultFile, script, scriptFile  string
 	// Through a server (--server) instead of an agent.
-	server, pool, worker, user, password string
+	server, pool, worker, user, password, serverThumbprint string
 }
 
 func newRunCommand() *cobra.Command {
@@ -77,6 +77,7 @@ worker; the output, result file and exit codes are the same. Credentials:
 	f.StringVar(&o.script, "script", "", "the script")
 	f.StringVar(&o.scriptFile, "script-file", "", "read the script from this file")
 	f.StringVar(&o.server, "server", "", "submit through this server's HTTP API (http://host:8080) instead")
+	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "with an https --server: pin the server's certificate thumbprint instead of trusting the system's CAs")
 	f.StringVar(&o.pool, "pool", "", "with --server: run on a worker of this pool")
 	f.StringVar(&o.worker, "worker", "", "with --server: run on this worker")
 	f.StringVar(&o.user, "user", "", "with --server: the API username (env STEVEDORE_USER)")

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/server"
+	"stevedore/transport"
 )
 
 // apiClient calls the server's HTTP API.
@@ -89,6 +91,12 @@ func transientAPIError(err error) bool {
 	if errors.As(err, &se) {
 		return se.code == http.StatusBadGateway || se.code == http.StatusServiceUnavailable || se.code == http.StatusGatewayTimeout
 	}
+	// A certificate refused, or TLS spoken to plain HTTP, will not pass.
+	var cve *tls.CertificateVerificationError
+	var rhe tls.RecordHeaderError
+	if errors.Is(err, transport.ErrUntrusted) || errors.As(err, &cve) || errors.As(err, &rhe) {
+		return false
+	}
 	var ue *url.Error
 	return errors.As(err, &ue) && !errors.Is(err, context.Canceled)
 }
@@ -106,7 +114,15 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if (o.pool == "") == (o.worker == "") {
 		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
 	}
-	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, http: &http.Client{}}
+	hc := &http.Client{}
+	if o.serverThumbprint != "" {
+		pin, err := transport.NewTrustList(o.serverThumbprint)
+		if err != nil {
+			return exitCodeError{exitCannotRun, fmt.Errorf("--server-thumbprint: %w", err)}
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: transport.PinnedTLSConfig(pin), Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	}
+	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, http: hc}
 	step, err := protojson.Marshal(req)
 	if err != nil {
 		return err

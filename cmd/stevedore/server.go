@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +24,8 @@ const defaultDataDir = "/var/lib/stevedore-server"
 
 type serverOptions struct {
 	dataDir, httpAddr, pollingAddr, taskLogs, artifacts, logLevel string
+	httpCert, httpKey                                             string
+	httpTLS                                                       bool
 	trust                                                         []string
 	builtinWorker                                                 bool
 	builtinSlots                                                  int
@@ -55,6 +58,9 @@ port like any other worker, in the pool "builtin".`,
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
 	f.StringVar(&o.httpAddr, "http", ":8080", "address of the HTTP API")
+	f.BoolVar(&o.httpTLS, "http-tls", false, "serve the API over HTTPS with the server's own certificate (clients pin its thumbprint)")
+	f.StringVar(&o.httpCert, "http-cert", "", "serve the API over HTTPS with this certificate (PEM; with --http-key)")
+	f.StringVar(&o.httpKey, "http-key", "", "the key of --http-cert (PEM)")
 	f.StringVar(&o.pollingAddr, "polling", ":10943", "address polling agents dial")
 	f.StringArrayVar(&o.trust, "trust", nil, "thumbprint of an agent allowed to connect (repeatable)")
 	f.StringVar(&o.taskLogs, "task-logs", "", "task log directory (default DATA_DIR/taskLogs)")
@@ -101,6 +107,21 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 		return fmt.Errorf("http port: %w", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	scheme := "http"
+	switch {
+	case o.httpCert != "" || o.httpKey != "":
+		cert, err := tls.LoadX509KeyPair(o.httpCert, o.httpKey)
+		if err != nil {
+			return fmt.Errorf("--http-cert/--http-key: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	case o.httpTLS:
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{id.Certificate}}
+	}
+	if hs.TLSConfig != nil {
+		scheme = "https"
+		httpLis = tls.NewListener(httpLis, hs.TLSConfig)
+	}
 	errs := make(chan error, 2)
 	go func() { errs <- srv.ServePolling(pollLis) }()
 	go func() { errs <- hs.Serve(httpLis) }()
@@ -111,7 +132,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 		}
 		defer stopWorker()
 	}
-	log.Info("server ready", "thumbprint", id.Thumbprint, "polling", pollLis.Addr().String(), "http", httpLis.Addr().String(),
+	log.Info("server ready", "thumbprint", id.Thumbprint, "polling", pollLis.Addr().String(), "api", scheme+"://"+httpLis.Addr().String(),
 		"data_dir", o.dataDir, "builtin_worker", o.builtinWorker)
 	select {
 	case <-ctx.Done():
