@@ -61,6 +61,16 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.25, 2, 14), // 0.25 s to about 34 min
 		}, []string{"result"}),
 	}
+	// Known outcomes and results start at 0, so that rate() and absent()
+	// work before the first one happens.
+	for v, name := range pb.Outcome_name {
+		if pb.Outcome(v) != pb.Outcome_OUTCOME_UNSPECIFIED {
+			m.stepsFinished.WithLabelValues(strings.TrimPrefix(name, "OUTCOME_"))
+		}
+	}
+	for _, r := range []string{"success", "failed", "timeout", "cancelled"} {
+		m.pulls.WithLabelValues(r)
+	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts(name, help)), f)
 	}

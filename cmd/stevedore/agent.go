@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -28,6 +31,7 @@ func newAgentCommand() *cobra.Command {
 	var (
 		configFile, stateDir, listen, bundleDir, name, logLevel string
 		server, serverThumbprint                                string
+		metricsAddr                                             string
 		trust, labels, pools                                    []string
 		maxSteps                                                int
 		grace, retention                                        time.Duration
@@ -63,6 +67,9 @@ over the file.`,
 			}
 			if flags.Changed("listen") {
 				cfg.Listen = listen
+			}
+			if flags.Changed("metrics") {
+				cfg.Metrics = metricsAddr
 			}
 			if flags.Changed("bundle") {
 				cfg.Bundle = bundleDir
@@ -105,6 +112,7 @@ over the file.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", envOr("STEVEDORE_CONFIG", ""), "HCL configuration file (env STEVEDORE_CONFIG)")
 	f.StringVar(&listen, "listen", ":10933", "address to serve the Agent service on")
+	f.StringVar(&metricsAddr, "metrics", "", "address to serve Prometheus metrics on, GET /metrics over plain HTTP (e.g. 127.0.0.1:9310; default: off)")
 	f.StringArrayVar(&trust, "trust", nil, "thumbprint of a server allowed to connect (repeatable; adds to the file's)")
 	f.StringVar(&bundleDir, "bundle", "", "tool bundle directory (default: bundle/ beside this binary)")
 	f.IntVar(&maxSteps, "max-steps", 4, "steps that run at once; more wait in order")
@@ -242,6 +250,13 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 		return fmt.Errorf("pid file: %w", err)
 	}
 	defer os.Remove(pidFile)
+	if cfg.Metrics != "" {
+		stopMetrics, err := serveAgentMetrics(cfg.Metrics, a, log.Named("metrics"))
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	// TERM and INT: stop at once, leaving running steps to the next agent.
 	// QUIT (`stevedore agent drain`): refuse new steps, finish the running ones.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
@@ -303,6 +318,31 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 		srv.Stop()
 	}
 	return nil
+}
+
+// serveAgentMetrics serves GET /metrics and /healthz on addr over plain
+// HTTP, apart from the mutual-TLS gRPC service, as Prometheus scrapes it;
+// the returned func shuts it down.
+func serveAgentMetrics(addr string, a *agent.Agent, log hclog.Logger) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.MetricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "address", lis.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
 }
 
 // agentImages turns the file's image settings into the agent's, resolving

@@ -2,6 +2,7 @@
 //
 //	state_dir    = "/var/lib/stevedore"
 //	listen       = ":10933"
+//	metrics      = "127.0.0.1:9310"
 //	trust        = ["<64 hex>"]
 //	max_steps    = 4
 //	cancel_grace = "10s"
@@ -51,6 +52,7 @@ var ErrInvalid = errors.New("invalid agent configuration")
 type Agent struct {
 	StateDir    string
 	Listen      string
+	Metrics     string   // where GET /metrics is served (plain HTTP); "" is off
 	Trust       []string // thumbprints, normalised to 64 lower-case hex characters
 	Bundle      string   // "" means bundle/ beside the binary
 	MaxSteps    int

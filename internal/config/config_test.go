@@ -34,6 +34,7 @@ func TestLoadExample(t *testing.T) {
 	want := Agent{
 		StateDir: "/var/lib/stevedore",
 		Listen:   ":10933",
+		Metrics:  "127.0.0.1:9310",
 		Trust: []string{
 			"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 			"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210",
@@ -239,6 +240,7 @@ images {
 		{"two images blocks", "images {}\nimages {}\n", 2, []string{"Duplicate images block"}},
 		{"wrong type", "max_steps = \"four\"\n", 1, []string{"max_steps"}},
 		{"syntax error", "listen = \n", 1, []string{"agent.hcl:1"}},
+		{"metrics without a port", "listen = \":1\"\nmetrics = \"localhost\"\n", 2, []string{"Invalid metrics", `metrics = "localhost"`}},
 		{"variables are not allowed", "listen = var.x\n", 1, []string{"Variables not allowed"}},
 	}
 	for _, tt := range tests {

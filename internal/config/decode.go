@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"path"
 	"strings"
 	"time"
@@ -33,6 +34,12 @@ func (d *decoder) errorf(rng hcl.Range, summary, format string, args ...any) {
 func (d *decoder) agent(f *fileAgent, a *Agent) {
 	a.StateDir, a.Listen, a.Bundle, a.Name = f.StateDir, f.Listen, f.Bundle, f.Name
 	a.MaxSteps, a.Pools, a.Labels = f.MaxSteps, f.Pools, f.Labels
+	a.Metrics = f.Metrics
+	if a.Metrics != "" {
+		if _, _, err := net.SplitHostPort(a.Metrics); err != nil {
+			d.errorf(f.MetricsRange, "Invalid metrics", "metrics = %q: want HOST:PORT, e.g. \"127.0.0.1:9310\" (%v)", a.Metrics, err)
+		}
+	}
 	if a.MaxSteps < 1 {
 		d.errorf(f.MaxStepsRange, "Invalid max_steps", "max_steps = %d: want at least 1", a.MaxSteps)
 	}

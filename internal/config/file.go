@@ -11,6 +11,7 @@ import (
 type fileAgent struct {
 	StateDir    string            `hcl:"state_dir,optional"`
 	Listen      string            `hcl:"listen,optional"`
+	Metrics     string            `hcl:"metrics,optional"`
 	Trust       hcl.Expression    `hcl:"trust,optional"`
 	Bundle      string            `hcl:"bundle,optional"`
 	MaxSteps    int               `hcl:"max_steps,optional"`
@@ -24,6 +25,7 @@ type fileAgent struct {
 	Images      *fileImages       `hcl:"images,block"`
 
 	MaxStepsRange hcl.Range `hcl:"max_steps,attr_range"`
+	MetricsRange  hcl.Range `hcl:"metrics,attr_range"`
 	PoolsRange    hcl.Range `hcl:"pools,attr_range"`
 	LabelsRange   hcl.Range `hcl:"labels,attr_range"`
 }

@@ -4,6 +4,8 @@
 
 state_dir    = "/var/lib/stevedore"
 listen       = ":10933"
+# Prometheus metrics (GET /metrics, plain HTTP) on this address; omit for none.
+metrics      = "127.0.0.1:9310"
 trust = [
   "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
   "FE:DC:BA:98:76:54:32:10:FE:DC:BA:98:76:54:32:10:FE:DC:BA:98:76:54:32:10:FE:DC:BA:98:76:54:32:10",
