@@ -283,6 +283,7 @@ func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRe
 		return rec, err
 	}
 	if last != rec.Cursor {
+		s.metrics.logLines.Add(float64(last - rec.Cursor))
 		rec.Cursor = last
 		if err := s.putStep(rec); err != nil {
 			return rec, err
@@ -325,6 +326,7 @@ func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st
 
 func (s *Server) finish(rec StepRecord, code *int32, outcome, reason string) {
 	rec.State, rec.Outcome, rec.ExitCode, rec.Reason, rec.FinishedAt = StateComplete, outcome, code, reason, time.Now().UTC()
+	s.metrics.completed.WithLabelValues(outcome).Inc()
 	if err := s.putStep(rec); err != nil {
 		s.log.Error("cannot record the step's end", "step", rec.ID, "error", err)
 	}

@@ -23,7 +23,7 @@ const maxSubmitBytes = 64 << 20
 // maxLogWait bounds a log request's long poll.
 const maxLogWait = 60 * time.Second
 
-// Handler is the HTTP API (JSON). Every route but /healthz needs the admin
+// Handler is the HTTP API (JSON). Every route but /healthz and /metrics needs the admin
 // credentials (HTTP Basic); without them the answer is 401.
 //
 //	GET  /healthz                          200 "ok"
@@ -42,6 +42,7 @@ const maxLogWait = 60 * time.Second
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.Handle("GET /metrics", s.MetricsHandler()) // no credentials, as Prometheus scrapes
 	api := http.NewServeMux()
 	api.HandleFunc("GET /api/workers", s.apiWorkers)
 	api.HandleFunc("POST /api/workers", s.apiRegisterWorker)

@@ -145,6 +145,8 @@ type Server struct {
 	// waiting says why each queued step is not dispatched yet.
 	waiting map[string]string
 	conns   map[*transport.PollingConn]bool
+
+	metrics *serverMetrics
 }
 
 // New opens the server's state and resumes the steps that were running.
@@ -190,6 +192,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{}, waiting: map[string]string{},
 		conns: map[*transport.PollingConn]bool{}}
+	s.metrics = newServerMetrics(s)
 	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
 		db.Close()
 		return nil, err
@@ -339,6 +342,7 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 		return StepRecord{}, fmt.Errorf("%w: %s (submission key %q)", ErrUnknownStep, existing, req.Key)
 	}
 	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool)
+	s.metrics.submitted.Inc()
 	s.kick()
 	return rec, nil
 }
