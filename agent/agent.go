@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -411,6 +412,7 @@ func (a *Agent) resume() error {
 	}
 	// Before any step's goroutine: a reattached holder keeps its mutex.
 	a.reattachIsolation(recs)
+	var waiting []*step
 	for _, rec := range recs {
 		s := a.newStep(*rec)
 		a.steps[rec.Ticket] = s
@@ -428,13 +430,30 @@ func (a *Agent) resume() error {
 		a.log.Info("resuming step", "ticket", rec.Ticket, "state", rec.State)
 		if rec.RunnerStarted {
 			a.slots.hold(rec.Ticket) // released when run ends
+			go a.run(s)
+			continue
 		}
-		go a.run(s)
+		waiting = append(waiting, s)
 	}
+	// Steps that had not started get back in line in the order they came.
+	slices.SortStableFunc(waiting, func(x, y *step) int { return x.rec.CreatedAt.Compare(y.rec.CreatedAt) })
+	go func() {
+		for _, s := range waiting {
+			go a.run(s)
+			select {
+			case <-s.queued:
+			case <-time.After(10 * time.Second): // stuck before the line (an engine away): the next goes on
+			case <-a.ctx.Done():
+				return
+			}
+		}
+	}()
 	return nil
 }
 
+func (s *step) markQueued() { s.queuedOnce.Do(func() { close(s.queued) }) }
+
 func (a *Agent) newStep(rec stepRecord) *step {
 	ctx, cancel := context.WithCancel(a.ctx)
-	return &step{a: a, rec: rec, changed: make(chan struct{}), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &step{a: a, rec: rec, changed: make(chan struct{}), ctx: ctx, cancel: cancel, done: make(chan struct{}), queued: make(chan struct{})}
 }

@@ -262,6 +262,7 @@ func (a *Agent) acquireIsolation(s *step, req *pb.StartStepRequest) error {
 	waited := false
 	err := a.isolation.acquire(s.ctx, name, p, req.GetIsolation().GetWaitTimeout().AsDuration(), func(holders, ahead []isoParty) {
 		waited = true
+		s.markQueued()
 		line := fmt.Sprintf("waiting for %s (%s): held by %s", mutexDesc(name), levelDesc(p.exclusive), partyList(holders))
 		if len(ahead) > 0 {
 			line += fmt.Sprintf("; %d waiting ahead: %s", len(ahead), partyList(ahead))

@@ -277,3 +277,34 @@ func TestReattachedStepHoldsItsSlot(t *testing.T) {
 		t.Errorf("the second step did not wait for a slot: %q", secondRun.agent)
 	}
 }
+
+// Steps waiting for a slot when the agent stops get back in line in the
+// order they came, not in the journal's (ticket) order.
+func TestWaitingStepsKeepTheirOrderAcrossARestart(t *testing.T) {
+	ta := startAgent(t, func(c *agent.Config) { c.MaxSteps = 1 })
+	ctx := context.Background()
+	if _, err := ta.client.StartStep(ctx, &pb.StartStepRequest{Ticket: "order-first", Execution: host(), Script: bash("echo started; sleep 2")}); err != nil {
+		t.Fatal(err)
+	}
+	waitForLine(t, ta, "order-first", "started")
+	// Named so that ticket order is the reverse of arrival order.
+	tickets := []string{"order-z", "order-m", "order-a"}
+	for _, tk := range tickets {
+		if _, err := ta.client.StartStep(ctx, &pb.StartStepRequest{Ticket: tk, Execution: host(), Script: bash("echo " + tk)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ta.stop()
+	ta.start()
+	ta.follow(t, "order-first")
+	var last time.Time
+	for _, tk := range tickets {
+		run := ta.follow(t, tk)
+		started := run.final.GetStartedAt().AsTime()
+		if started.Before(last) {
+			t.Errorf("%s started at %v, before the step that came before it (%v)", tk, started, last)
+		}
+		last = started
+	}
+}

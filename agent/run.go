@@ -28,6 +28,7 @@ const killMargin = 3 * time.Second
 // goroutine that changes a step's state.
 func (a *Agent) run(s *step) {
 	log := a.log.With("ticket", s.rec.Ticket)
+	defer s.markQueued()
 	req := &pb.StartStepRequest{}
 	if err := proto.Unmarshal(s.rec.Request, req); err != nil {
 		a.finish(s, nil, pb.Outcome_OUTCOME_AGENT_ERROR, nil, "", fmt.Sprintf("the journal's copy of the request is unreadable: %v", err))
@@ -66,6 +67,7 @@ func (a *Agent) run(s *step) {
 	}
 	// A slot, in order.
 	err = a.slots.acquire(s.ctx, s.rec.Ticket, func(holders []string, ahead int) {
+		s.markQueued()
 		s.agentLog(fmt.Sprintf("waiting for a free step slot: %d of %d in use (%s), %d waiting ahead",
 			len(holders), a.cfg.MaxSteps, strings.Join(holders, ", "), ahead))
 	})
@@ -74,6 +76,7 @@ func (a *Agent) run(s *step) {
 		return
 	}
 	defer a.slots.release(s.rec.Ticket)
+	s.markQueued()
 	if t := req.GetTimeout().AsDuration(); t > 0 {
 		timer := time.AfterFunc(t, func() { a.stop(s, pb.Outcome_OUTCOME_TIMED_OUT, fmt.Sprintf("timed out after %s", t)) })
 		defer timer.Stop()

@@ -101,6 +101,11 @@ type step struct {
 	stopDetail   string
 	done         chan struct{} // closed when the step is COMPLETE
 	completeOnce sync.Once
+	// queued is closed once the step waits in line (for its isolation
+	// mutex or a slot), holds a slot, or has ended: resume starts the
+	// next step only then, so steps keep their order across a restart.
+	queued     chan struct{}
+	queuedOnce sync.Once
 
 	// stopGrace is the grace period the step had after SIGTERM; agentKilled:
 	// the runner outlived it and the agent sent SIGKILL itself. Both go into
