@@ -40,10 +40,7 @@ func (s *Server) dispatchLoop() {
 func (s *Server) dispatch() {
 	s.dispatchMu.Lock()
 	defer s.dispatchMu.Unlock()
-	for _, rec := range s.Steps() {
-		if rec.State != StateQueued {
-			continue
-		}
+	for _, rec := range s.queued() {
 		w := s.pick(rec)
 		if w == nil {
 			continue

@@ -39,6 +39,9 @@ const (
 var (
 	stepsBucket   = []byte("steps")
 	workersBucket = []byte("workers")
+	// queueBucket indexes the queued steps by ID (time-ordered), so that
+	// dispatch reads the queue, not every step ever kept.
+	queueBucket = []byte("queue")
 	// keysBucket maps a client's submission key to its step, so that a
 	// submission retried after a lost reply does not run the step twice.
 	keysBucket = []byte("submission-keys")
@@ -182,7 +185,24 @@ func New(cfg Config) (*Server, error) {
 				return err
 			}
 		}
-		return nil
+		// The queue index is rebuilt at every start: it can only agree
+		// with the steps.
+		if tx.Bucket(queueBucket) != nil {
+			if err := tx.DeleteBucket(queueBucket); err != nil {
+				return err
+			}
+		}
+		queue, err := tx.CreateBucket(queueBucket)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(stepsBucket).ForEach(func(k, v []byte) error {
+			var rec StepRecord
+			if json.Unmarshal(v, &rec) == nil && rec.State == StateQueued {
+				return queue.Put(k, nil)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		db.Close()
@@ -330,6 +350,9 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 				return err
 			}
 		}
+		if err := tx.Bucket(queueBucket).Put([]byte(id), nil); err != nil {
+			return err
+		}
 		return tx.Bucket(stepsBucket).Put([]byte(id), b)
 	})
 	if err != nil {
@@ -415,6 +438,22 @@ func (s *Server) Step(id string) (StepRecord, bool) {
 	return rec, found
 }
 
+// queued returns the queued steps, oldest first.
+func (s *Server) queued() []StepRecord {
+	var out []StepRecord
+	s.db.View(func(tx *bolt.Tx) error {
+		steps := tx.Bucket(stepsBucket)
+		return tx.Bucket(queueBucket).ForEach(func(k, _ []byte) error {
+			var rec StepRecord
+			if v := steps.Get(k); v != nil && json.Unmarshal(v, &rec) == nil && rec.State == StateQueued {
+				out = append(out, rec)
+			}
+			return nil
+		})
+	})
+	return out
+}
+
 // Steps returns every step, oldest first.
 func (s *Server) Steps() []StepRecord {
 	var out []StepRecord
@@ -496,6 +535,13 @@ func (s *Server) putStep(rec StepRecord) error {
 					return err
 				}
 			}
+		}
+		if rec.State == StateQueued {
+			if err := tx.Bucket(queueBucket).Put([]byte(rec.ID), nil); err != nil {
+				return err
+			}
+		} else if err := tx.Bucket(queueBucket).Delete([]byte(rec.ID)); err != nil {
+			return err
 		}
 		return tx.Bucket(stepsBucket).Put([]byte(rec.ID), b)
 	})
