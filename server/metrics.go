@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -9,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	bolt "go.etcd.io/bbolt"
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
@@ -87,39 +87,30 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	// Only the state of each record: a scrape need not decode whole steps.
-	var queued, running int
-	err := c.s.each(stepsBucket, func(v []byte) error {
-		var rec struct {
-			State string `json:"state"`
-		}
-		if json.Unmarshal(v, &rec) == nil {
-			switch rec.State {
-			case StateQueued:
-				queued++
-			case StateRunning:
-				running++
-			}
-		}
+	// From the queue index and the drivers' counts: a scrape reads no step.
+	var queued int
+	err := c.s.db.View(func(tx *bolt.Tx) error {
+		queued = tx.Bucket(queueBucket).Stats().KeyN
 		return nil
 	})
 	if err != nil {
-		// The database is closed (shutting down): leave the step gauges out
+		// The database is closed (shutting down): leave the queue gauge out
 		// rather than report a false 0.
-		c.s.log.Debug("metrics: cannot count steps", "error", err)
+		c.s.log.Debug("metrics: cannot count queued steps", "error", err)
 	} else {
 		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(queued))
-		ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(running))
 	}
 	workers := c.s.Workers()
-	var connected, slots, free int
+	var connected, slots, free, running int
 	for _, w := range workers {
+		running += w.Running
 		if w.Connected {
 			connected++
 			slots += w.Slots
 			free += w.FreeSlots
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(running))
 	ch <- prometheus.MustNewConstMetric(descKnown, prometheus.GaugeValue, float64(len(workers)))
 	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(connected))
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(slots))
