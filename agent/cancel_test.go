@@ -5,13 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,61 +150,6 @@ sleep 600
 	ta.complete(t, tk)
 }
 
-// stallProxy forwards TCP to target, going silent on a connection once it
-// has passed stallAt bytes to the client: a registry that stops mid-pull.
-type stallProxy struct {
-	lis     net.Listener
-	stallAt atomic.Int64
-}
-
-func newStallProxy(t *testing.T, target string, stallAt int64) *stallProxy {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{lis: lis}
-	p.stallAt.Store(stallAt)
-	stop := make(chan struct{})
-	t.Cleanup(func() { close(stop); lis.Close() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c, target, stop)
-		}
-	}()
-	return p
-}
-
-func (p *stallProxy) serve(c net.Conn, target string, stop <-chan struct{}) {
-	defer c.Close()
-	up, err := net.Dial("tcp", target)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	go io.Copy(up, c)
-	buf := make([]byte, 16<<10)
-	var sent int64
-	for {
-		n, err := up.Read(buf)
-		if sent+int64(n) > p.stallAt.Load() {
-			<-stop // silent, the connection held open
-			return
-		}
-		if _, werr := c.Write(buf[:n]); werr != nil {
-			return
-		}
-		sent += int64(n)
-		if err != nil {
-			return
-		}
-	}
-}
-
 // A step cancelled while its image is being pulled (a registry that went
 // silent mid-layer) ends CANCELLED at once, without a container.
 func TestCancelWhilePulling(t *testing.T) {
@@ -215,8 +157,9 @@ func TestCancelWhilePulling(t *testing.T) {
 	name := make([]byte, 4)
 	rand.Read(name)
 	ref := testenv.PushRandomImage(t, cli, "cancel-pull-"+hex.EncodeToString(name), "1", 8<<20)
-	proxy := newStallProxy(t, testenv.Registry, 1<<20)
-	viaProxy := proxy.lis.Addr().String() + strings.TrimPrefix(ref, testenv.Registry)
+	proxy := testenv.NewProxy(t, testenv.Registry)
+	proxy.StallAt.Store(1 << 20)
+	viaProxy := proxy.Addr() + strings.TrimPrefix(ref, testenv.Registry)
 	t.Cleanup(func() {
 		cli.ImageRemove(context.Background(), viaProxy, image.RemoveOptions{Force: true, PruneChildren: true})
 	})

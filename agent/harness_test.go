@@ -1,14 +1,12 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,7 +41,7 @@ type testAgent struct {
 	conn   *grpc.ClientConn
 	client pb.AgentClient
 	addr   string
-	logs   *lockedBuffer
+	logs   *testenv.SyncBuffer
 }
 
 type agentOpt func(*agent.Config)
@@ -56,7 +54,7 @@ func startAgent(t testing.TB, opts ...agentOpt) *testAgent {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ta := &testAgent{t: t, opts: opts, stateDir: filepath.Join(root, "agent"), logs: &lockedBuffer{}}
+	ta := &testAgent{t: t, opts: opts, stateDir: filepath.Join(root, "agent"), logs: &testenv.SyncBuffer{}}
 	var err error
 	if ta.id, _, err = transport.LoadOrCreateIdentity(ta.stateDir); err != nil {
 		t.Fatal(err)
@@ -109,24 +107,6 @@ func (ta *testAgent) stop() {
 	ta.srv.Stop()
 	ta.agent.Close()
 	ta.agent = nil
-}
-
-// lockedBuffer collects the agent's log for assertions.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // testWriter sends the agent's log to the test's log.

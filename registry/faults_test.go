@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -23,74 +22,6 @@ import (
 	"stevedore/internal/testenv"
 	"stevedore/registry"
 )
-
-// faultProxy is a TCP proxy in front of the local registry that can refuse
-// connections or stop answering mid-transfer. Images pulled through it are
-// named with its address; the registry serves by path, so they resolve.
-type faultProxy struct {
-	lis     net.Listener
-	target  string
-	refuse  atomic.Bool
-	stallAt atomic.Int64 // bytes per connection to the client before going silent; <0: never
-	conns   sync.WaitGroup
-}
-
-func newFaultProxy(t *testing.T, target string) *faultProxy {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &faultProxy{lis: lis, target: target}
-	p.stallAt.Store(-1)
-	stop := make(chan struct{})
-	t.Cleanup(func() { close(stop); lis.Close() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			if p.refuse.Load() {
-				c.Close()
-				continue
-			}
-			go p.serve(c, stop)
-		}
-	}()
-	return p
-}
-
-func (p *faultProxy) addr() string { return p.lis.Addr().String() }
-
-func (p *faultProxy) serve(c net.Conn, stop <-chan struct{}) {
-	defer c.Close()
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	go io.Copy(up, c)
-	buf := make([]byte, 32<<10)
-	var sent int64
-	for {
-		n, err := up.Read(buf)
-		if limit := p.stallAt.Load(); limit >= 0 && sent+int64(n) > limit {
-			// Silent from here: hold the connection open, send nothing.
-			<-stop
-			return
-		}
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-			sent += int64(n)
-		}
-		if err != nil {
-			return
-		}
-	}
-}
 
 // pushUnique pushes a fresh image (testenv.PushRandomImage) and returns
 // its reference and digest.
@@ -217,11 +148,11 @@ func TestStalledRegistryIsDetected(t *testing.T) {
 	testenv.RequireRegistry(t)
 	repo := uniqueName("stall")
 	pushUnique(t, cli, repo, "1", 32<<20)
-	proxy := newFaultProxy(t, testenv.Registry)
-	ref := proxy.addr() + "/test/" + repo + ":1"
+	proxy := testenv.NewProxy(t, testenv.Registry)
+	ref := proxy.Addr() + "/test/" + repo + ":1"
 	t.Cleanup(func() { removeImage(cli, ref) })
 	c := realCoordinator(t, func(o *registry.Options) { o.StallTimeout = 2 * time.Second; o.Retries = -1 })
-	proxy.stallAt.Store(256 << 10) // manifest and config pass; the layer stops early
+	proxy.StallAt.Store(256 << 10) // manifest and config pass; the layer stops early
 	start := time.Now()
 	_, err := c.Ensure(context.Background(), registry.Request{Image: ref, Credentials: fixtureCreds})
 	if !errors.Is(err, registry.ErrStalled) {
@@ -237,13 +168,13 @@ func TestRegistryBackWithinRetries(t *testing.T) {
 	testenv.RequireRegistry(t)
 	repo := uniqueName("flaky")
 	pushUnique(t, cli, repo, "1", 1<<20)
-	proxy := newFaultProxy(t, testenv.Registry)
-	ref := proxy.addr() + "/test/" + repo + ":1"
+	proxy := testenv.NewProxy(t, testenv.Registry)
+	ref := proxy.Addr() + "/test/" + repo + ":1"
 	t.Cleanup(func() { removeImage(cli, ref) })
 	eng := &countingEngine{Client: cli}
 	c := realCoordinator(t, func(o *registry.Options) { o.Engine = eng; o.Retries = 6; o.Backoff = 300 * time.Millisecond })
-	proxy.refuse.Store(true)
-	time.AfterFunc(1500*time.Millisecond, func() { proxy.refuse.Store(false) })
+	proxy.Refuse.Store(true)
+	time.AfterFunc(1500*time.Millisecond, func() { proxy.Refuse.Store(false) })
 	var messages []string
 	var mu sync.Mutex
 	l, err := c.Ensure(context.Background(), registry.Request{Image: ref, Credentials: fixtureCreds, Progress: func(p registry.Progress) {

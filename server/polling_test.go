@@ -1,11 +1,8 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,69 +12,19 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
+	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/server"
 	"stevedore/transport"
 )
-
-// proxy forwards TCP connections to target until cut drops them all.
-type proxy struct {
-	lis    net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	cuts   int
-	// accepted counts the connections made through the proxy.
-	accepted int
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{lis: lis, target: target}
-	t.Cleanup(func() { lis.Close(); p.cut() })
-	go func() {
-		for {
-			in, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, in, out)
-			p.accepted++
-			p.mu.Unlock()
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
-		}
-	}()
-	return p
-}
-
-// cut drops every connection, as a NAT timeout or a firewall would.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-	p.cuts++
-}
 
 // The TCP connection between a polling agent and the server is dropped in
 // the middle of a step printing numbered lines; the agent redials and the
 // task log holds every line once, in order.
 func TestCutConnectionMidStepThroughTheServer(t *testing.T) {
 	e := newEnv(t)
-	p := newProxy(t, e.addr)
-	e.pollingAgentVia("w1", 2, p.lis.Addr().String())
+	p := testenv.NewProxy(t, e.addr)
+	e.pollingAgentVia("w1", 2, p.Addr())
 	rec, err := e.srv.Submit(server.SubmitRequest{Worker: "w1", Step: numbered(80, "0.03")})
 	if err != nil {
 		t.Fatal(err)
@@ -93,43 +40,23 @@ func TestCutConnectionMidStepThroughTheServer(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		p.cut()
+		p.Cut()
 	}
 	entries, final := e.waitComplete(rec.ID)
 	checkNumbered(t, entries, 80)
 	if final.ExitCode == nil || *final.ExitCode != 3 {
 		t.Errorf("final %+v", final)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.accepted < 3 {
-		t.Errorf("the agent connected %d times through the proxy, want a redial after each of 2 cuts", p.accepted)
+	if n := p.Accepted(); n < 3 {
+		t.Errorf("the agent connected %d times through the proxy, want a redial after each of 2 cuts", n)
 	}
-}
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // An agent whose certificate the server does not trust is refused, and the
 // refusal is logged with its thumbprint; it never becomes a worker.
 func TestUntrustedAgentIsRefusedAndLogged(t *testing.T) {
 	e := newEnv(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	e.stop()
 	e.log = hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: &logs})
 	e.start(e.addr)

@@ -322,7 +322,7 @@ func waitLine(t *testing.T, p *agentProc, tk, want string) {
 func TestRunRidesOutAnAgentRestart(t *testing.T) {
 	p := newAgentProc(t, testenv.Binary(t))
 	p.start()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testenv.SyncBuffer
 	run := exec.Command(p.bin, "run", "--state-dir", filepath.Join(filepath.Dir(p.stateDir), "client"), "--agent", p.addr,
 		"--agent-thumbprint", p.agentTP, "--script", "for i in $(seq 1 40); do echo line $i; sleep 0.05; done; exit 6")
 	run.Stdout, run.Stderr = &stdout, &stderr
@@ -350,22 +350,4 @@ func TestRunRidesOutAnAgentRestart(t *testing.T) {
 	if got := strings.TrimSpace(stdout.String()); got != strings.Join(want, "\n") {
 		t.Errorf("run's stdout:\n%s", got)
 	}
-}
-
-// syncBuffer is an output sink read while a process writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
