@@ -424,6 +424,7 @@ func (a *Agent) resume() error {
 				if _, err := s.log.poll(nil); err != nil {
 					a.log.Warn("the log of a completed step is unreadable", "ticket", rec.Ticket, "error", err)
 				}
+				s.log.close()
 			}
 			continue
 		}

@@ -308,3 +308,23 @@ func TestWaitingStepsKeepTheirOrderAcrossARestart(t *testing.T) {
 		last = started
 	}
 }
+
+// A completed step no client has collected holds no open file: an agent
+// with many of them must not run out of descriptors.
+func TestCompletedStepsHoldNoFiles(t *testing.T) {
+	ta := startAgent(t)
+	for range 5 {
+		ta.run(t, &pb.StartStepRequest{Ticket: ticket(t), Execution: host(), Script: bash("echo hi")})
+	}
+	ta.stop()
+	ta.start() // the resumed ones too
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	for _, e := range ents {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(target, filepath.Join(ta.stateDir, "steps")) {
+			t.Errorf("open: %s", target)
+		}
+	}
+}

@@ -256,6 +256,7 @@ ended:
 		}
 		time.Sleep(followFast)
 	}
+	rl.close() // all is read; reads open their own handle
 	a.finishRun(s, spec, exit, &result, resErr)
 }
 

@@ -123,7 +123,7 @@ func (l *runnerLog) poll(onEvent func(seq uint64, ev steplog.Event)) (int, error
 // most maxLines of them and about maxBytes of text.
 func (l *runnerLog) read(after uint64, maxLines, maxBytes int) ([]*pb.LogLine, error) {
 	l.mu.Lock()
-	f, first, count := l.f, l.first, l.count
+	first, count := l.first, l.count
 	var start int64
 	var startSeq uint64
 	if after+1 >= first && after+1 < first+count {
@@ -131,9 +131,16 @@ func (l *runnerLog) read(after uint64, maxLines, maxBytes int) ([]*pb.LogLine, e
 		start, startSeq = l.index[k], first+k*indexEvery
 	}
 	l.mu.Unlock()
-	if f == nil || count == 0 || after+1 >= first+count {
+	if count == 0 || after+1 >= first+count {
 		return nil, nil
 	}
+	// A handle of its own: the follower's is closed once the step has
+	// ended, so a completed step no client has collected holds no file.
+	f, err := os.Open(l.path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
 	if after+1 < first {
 		start, startSeq = 0, first
 	}
