@@ -115,6 +115,9 @@ type Agent struct {
 // stepsDir holds one directory per step.
 const stepsDir = "steps"
 
+// bundlesDir holds the staged copies of the tool bundle.
+const bundlesDir = "bundles"
+
 // New opens the agent's state (journal, master key) and resumes the steps
 // the journal holds that had not completed.
 func New(cfg Config) (*Agent, error) {
@@ -139,6 +142,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, stepsDir), 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
+	// Steps mount and run a copy in the state dir (executor.StageBundle).
+	staged, err := executor.StageBundle(cfg.Bundle, filepath.Join(cfg.StateDir, bundlesDir), 7*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Bundle = staged
 	keys, err := loadMasterKey(cfg.MasterKey, cfg.StateDir)
 	if err != nil {
 		return nil, err
