@@ -9,7 +9,7 @@ LDFLAGS := -X stevedore/internal/version.Version=$(VERSION)
 # go test flags; e.g. `make test TESTFLAGS=-v` or `TESTFLAGS='-run Pull'`.
 TESTFLAGS ?=
 
-.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench clean
+.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench image clean
 
 all: build
 
@@ -61,6 +61,13 @@ demo: setup build
 ## bench: stevedore run against docker run on the same steps, as ratios
 bench: setup build
 	@bash scripts/bench.sh
+
+## image: the server's container image with its built-in worker (stevedore-server:dev),
+## on the bookworm fixture as its base
+IMAGE ?= stevedore-server:dev
+image: setup build
+	. internal/testenv/fixtures.env && docker build -q --build-arg BASE_IMAGE=$$STEVEDORE_FIXTURE_BOOKWORM \
+		-t $(IMAGE) -f packaging/container/Dockerfile $(BIN)
 
 clean:
 	rm -rf $(BIN)
