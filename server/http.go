@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -28,7 +30,8 @@ const maxLogWait = 60 * time.Second
 //
 //	GET  /healthz                          200 "ok"
 //	GET  /api/trust                        the agent thumbprints admitted
-//	POST /api/trust                        {"thumbprint"}: admit polling agents with it (durable)
+//	POST /api/trust                        {"thumbprint"}: admit polling agents with it (durable);
+//	                                       also with "Authorization: Bearer REGISTRATION_TOKEN"
 //	DELETE /api/trust/{thumbprint}         stop admitting it; its connections are closed
 //	GET  /api/workers                      the workers and their state
 //	POST /api/workers                      {"name","address","thumbprint"}: register a listening worker
@@ -53,10 +56,31 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("GET /api/steps/{id}/artifacts/{name}", s.apiArtifact)
 	api.HandleFunc("POST /api/steps/{id}/cancel", s.apiCancel)
 	api.HandleFunc("GET /api/trust", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Trusted()) })
-	api.HandleFunc("POST /api/trust", s.apiTrust)
 	api.HandleFunc("DELETE /api/trust/{thumbprint}", s.apiDistrust)
 	mux.Handle("/api/", s.authenticated(api))
+	// More specific than /api/: the admin, or an agent with the
+	// registration token, may add a thumbprint.
+	mux.Handle("POST /api/trust", s.registering(http.HandlerFunc(s.apiTrust), s.authenticated(http.HandlerFunc(s.apiTrust))))
 	return mux
+}
+
+// registering serves a request bearing the registration token with next,
+// and any other with otherwise.
+func (s *Server) registering(next, otherwise http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || s.cfg.RegistrationToken == "" {
+			otherwise.ServeHTTP(w, r)
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.RegistrationToken)) != 1 {
+			s.log.Warn("registration with a bad token", "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="stevedore"`)
+			apiError(w, http.StatusUnauthorized, errors.New("bad registration token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) authenticated(next http.Handler) http.Handler {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -337,5 +338,55 @@ func TestAPIQueuedStepSaysWhy(t *testing.T) {
 	}
 	if code, _ := a.do("POST", "/api/steps/"+v.ID+"/cancel", nil); code != http.StatusAccepted {
 		t.Errorf("cancel: %d", code)
+	}
+}
+
+// The registration token adds a thumbprint to trust and does nothing else.
+func TestRegistrationToken(t *testing.T) {
+	e := newEnv(t)
+	e.stop()
+	var err error
+	e.srv, err = server.New(server.Config{DataDir: e.dir + "/server", Identity: e.id, Trust: e.trust, Logger: e.log, RegistrationToken: "join-the-pool"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := e.api()
+	newcomer := strings.Repeat("ab", 32)
+	cases := []struct {
+		name, method, path, token string
+		body                      any
+		want                      int
+	}{
+		{"token registers", "POST", "/api/trust", "join-the-pool", map[string]string{"thumbprint": newcomer}, http.StatusCreated},
+		{"a bad token", "POST", "/api/trust", "guess", map[string]string{"thumbprint": newcomer}, http.StatusUnauthorized},
+		{"the token lists nothing", "GET", "/api/trust", "join-the-pool", nil, http.StatusUnauthorized},
+		{"the token submits nothing", "POST", "/api/steps", "join-the-pool", map[string]any{"pool": "x"}, http.StatusUnauthorized},
+		{"the token distrusts nothing", "DELETE", "/api/trust/" + newcomer, "join-the-pool", nil, http.StatusUnauthorized},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var body io.Reader
+			if c.body != nil {
+				b, _ := json.Marshal(c.body)
+				body = bytes.NewReader(b)
+			}
+			req, _ := http.NewRequest(c.method, a.base+c.path, body)
+			req.Header.Set("Authorization", "Bearer "+c.token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("%s %s: %d, want %d", c.method, c.path, resp.StatusCode, c.want)
+			}
+		})
+	}
+	if !slices.Contains(e.srv.Trusted(), newcomer) {
+		t.Error("the registered thumbprint is not trusted")
+	}
+	// The admin may still add one.
+	if code, b := a.do("POST", "/api/trust", map[string]string{"thumbprint": strings.Repeat("cd", 32)}); code != http.StatusCreated {
+		t.Errorf("admin trust: %d %s", code, b)
 	}
 }

@@ -116,6 +116,11 @@ type Config struct {
 	// Trust admits polling agents by thumbprint.
 	Trust     *transport.TrustList
 	MasterKey string
+	// RegistrationToken, when set, lets an agent trust its own thumbprint
+	// (POST /api/trust with "Authorization: Bearer TOKEN") and nothing
+	// else: pools of identical cloud workers join without the admin's
+	// credentials on each.
+	RegistrationToken string
 	// AdminUsername and AdminPassword (ADMIN_USERNAME, ADMIN_PASSWORD)
 	// create the API's admin credentials on the first start.
 	AdminUsername, AdminPassword string

@@ -30,7 +30,7 @@ import (
 func newAgentCommand() *cobra.Command {
 	var (
 		configFile, stateDir, listen, bundleDir, name, logLevel string
-		server, serverThumbprint                                string
+		server, serverThumbprint, registerURL                   string
 		metricsAddr                                             string
 		trust, labels, pools                                    []string
 		maxSteps                                                int
@@ -105,7 +105,7 @@ over the file.`,
 			if flags.Changed("retention") {
 				cfg.Retention = retention
 			}
-			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint}, log)
+			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint, registerURL: registerURL}, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
@@ -122,6 +122,7 @@ over the file.`,
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
 	f.StringVar(&server, "server", "", "polling mode: the server's polling address (host:10943)")
 	f.StringVar(&serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
+	f.StringVar(&registerURL, "register", "", "polling mode: first register this agent's thumbprint at the server's API (http(s)://host:8080) with STEVEDORE_REGISTRATION_TOKEN")
 	f.StringArrayVar(&pools, "pool", nil, "a pool this worker belongs to (repeatable)")
 	f.StringVar(&logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	f.DurationVar(&retention, "retention", 24*time.Hour, "how long an uncollected completed step keeps its container and workspace, and a collected one its tombstone")
@@ -130,8 +131,11 @@ over the file.`,
 }
 
 // polling is the server a polling agent dials; empty addr: listening mode.
+// registerURL, when set, is the server's API, where the agent registers its
+// thumbprint with STEVEDORE_REGISTRATION_TOKEN before it dials.
 type polling struct {
 	addr, thumbprint string
+	registerURL      string
 }
 
 // agentPIDFile, in the state dir, names the running agent's process for
@@ -279,6 +283,15 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 		// The same service, served over the connection the agent dials.
 		srv = grpc.NewServer(transport.PollingServerOptions()...)
 		pb.RegisterAgentServer(srv, a)
+		if poll.registerURL != "" {
+			token := os.Getenv("STEVEDORE_REGISTRATION_TOKEN")
+			if token == "" {
+				return errors.New("--register needs STEVEDORE_REGISTRATION_TOKEN, the server's registration token")
+			}
+			if err := registerAgent(ctx, poll.registerURL, token, poll.thumbprint, id.Thumbprint, log.Named("register")); err != nil {
+				return err
+			}
+		}
 		p := &transport.Poller{Addr: poll.addr, Identity: id, Server: trustList, Log: log.Named("polling")}
 		log.Info("agent polling", "server", poll.addr, "thumbprint", id.Thumbprint, "bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "pools", cfg.Pools)
 		go func() { errc <- p.Run(ctx, srv) }()

@@ -29,7 +29,9 @@ import (
 type apiClient struct {
 	base       string
 	user, pass string
-	http       *http.Client
+	// token, when set, is sent as a bearer token instead of user and pass.
+	token string
+	http  *http.Client
 }
 
 // apiStatusError is an answer of the API other than success.
@@ -40,7 +42,7 @@ type apiStatusError struct {
 
 func (e *apiStatusError) Error() string {
 	if e.code == http.StatusUnauthorized {
-		return "the server refused the credentials: give --user and --password (or STEVEDORE_USER and STEVEDORE_PASSWORD)"
+		return "the server refused the credentials: " + e.msg
 	}
 	return fmt.Sprintf("server answered %d: %s", e.code, e.msg)
 }
@@ -60,7 +62,11 @@ func (c *apiClient) call(ctx context.Context, method, path string, body, out any
 	if err != nil {
 		return err
 	}
-	req.SetBasicAuth(c.user, c.pass)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	} else {
+		req.SetBasicAuth(c.user, c.pass)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -114,13 +120,9 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if (o.pool == "") == (o.worker == "") {
 		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
 	}
-	hc := &http.Client{}
-	if o.serverThumbprint != "" {
-		pin, err := transport.NewTrustList(o.serverThumbprint)
-		if err != nil {
-			return exitCodeError{exitCannotRun, fmt.Errorf("--server-thumbprint: %w", err)}
-		}
-		hc.Transport = &http.Transport{TLSClientConfig: transport.PinnedTLSConfig(pin), Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	hc, err := apiHTTPClient(o.serverThumbprint)
+	if err != nil {
+		return exitCodeError{exitCannotRun, err}
 	}
 	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, http: hc}
 	step, err := protojson.Marshal(req)
@@ -132,6 +134,10 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	body := server.SubmitBody{Worker: o.worker, Pool: o.pool, Key: req.Ticket, Step: step}
 	var v server.StepView
 	if err := retryAPI(ctx, func() error { return c.call(ctx, "POST", "/api/steps", body, &v) }); err != nil {
+		var se *apiStatusError
+		if errors.As(err, &se) && se.code == http.StatusUnauthorized {
+			err = fmt.Errorf("%w (give --user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD)", err)
+		}
 		return exitCodeError{exitCannotRun, fmt.Errorf("submit to %s: %w", o.server, err)}
 	}
 	fmt.Fprintf(stderr, "stevedore: step %s queued on %s\n", v.ID, o.server)
@@ -171,6 +177,21 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 		res.Artifacts = append(res.Artifacts, ra)
 	}
 	return finishRun(o, res, st, stdout, stderr)
+}
+
+// apiHTTPClient is an HTTP client of the server's API; with a thumbprint,
+// an https server's certificate is pinned instead of checked against the
+// system's CAs.
+func apiHTTPClient(thumbprint string) (*http.Client, error) {
+	hc := &http.Client{}
+	if thumbprint != "" {
+		pin, err := transport.NewTrustList(thumbprint)
+		if err != nil {
+			return nil, fmt.Errorf("server thumbprint: %w", err)
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: transport.PinnedTLSConfig(pin), Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	}
+	return hc, nil
 }
 
 // logLines turns task log entries back into the wire's lines for printLines.

@@ -50,6 +50,10 @@ ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
 generated and written to DATA_DIR/admin-password. MASTER_KEY (base64 of 16
 bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
 
+STEVEDORE_REGISTRATION_TOKEN lets agents trust themselves: an agent started
+with --register URL and the same token adds its own thumbprint (and can do
+nothing else with it), so identical cloud workers join without --trust.
+
 --builtin-worker runs an agent inside the server, connected over the polling
 port like any other worker, in the pool "builtin".`,
 		Args: cobra.NoArgs,
@@ -92,7 +96,8 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
-		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, Logger: log})
+		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"),
+		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, Logger: log})
 	if err != nil {
 		return err
 	}

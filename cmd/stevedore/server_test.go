@@ -43,6 +43,12 @@ type proc struct {
 
 func start(t *testing.T, logName string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, logName, nil, args...)
+}
+
+// startEnv is start with more environment variables.
+func startEnv(t *testing.T, logName string, env []string, args ...string) *proc {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), logName)
 	f, err := os.Create(out)
 	if err != nil {
@@ -51,7 +57,7 @@ func start(t *testing.T, logName string, args ...string) *proc {
 	defer f.Close()
 	cmd := exec.Command(testenv.Binary(t), args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), "ADMIN_USERNAME="+testAdmin, "ADMIN_PASSWORD="+testPassword)
+	cmd.Env = append(append(os.Environ(), "ADMIN_USERNAME="+testAdmin, "ADMIN_PASSWORD="+testPassword), env...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -125,8 +131,8 @@ func newServerSetup(t *testing.T, extra ...string) *serverSetup {
 
 func (s *serverSetup) url() string { return s.scheme + "://" + s.http }
 
-func (s *serverSetup) start(t *testing.T) *proc {
-	p := start(t, "server.log", s.args...)
+func (s *serverSetup) start(t *testing.T, env ...string) *proc {
+	p := startEnv(t, "server.log", env, s.args...)
 	waitHTTP(t, s.url())
 	return p
 }
@@ -296,4 +302,25 @@ func readTaskLogFile(t *testing.T, dataDir string) []server.LogEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// An agent of a cloud pool registers its own thumbprint with the server's
+// registration token, then polls and runs steps; with a wrong token it
+// stops at start-up, saying why.
+func TestAgentRegistersWithTheToken(t *testing.T) {
+	s := newServerSetup(t) // no --trust
+	s.start(t, "STEVEDORE_REGISTRATION_TOKEN=join-token")
+	dir := t.TempDir()
+	bad := exec.Command(testenv.Binary(t), "agent", "--state-dir", filepath.Join(dir, "bad"), "--server", s.polling,
+		"--server-thumbprint", s.thumbprint, "--register", s.url())
+	bad.Env = append(os.Environ(), "STEVEDORE_REGISTRATION_TOKEN=wrong")
+	out, err := bad.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bad registration token") {
+		t.Errorf("an agent with a wrong token: %v\n%s", err, out)
+	}
+	startEnv(t, "agent.log", []string{"STEVEDORE_REGISTRATION_TOKEN=join-token"}, "agent", "--state-dir", filepath.Join(dir, "good"),
+		"--server", s.polling, "--server-thumbprint", s.thumbprint, "--register", s.url(), "--name", "cloud-1", "--pool", "cloud")
+	runCases(t, s, nil, []runCase{
+		{"a step on the registered worker", []string{"--pool", "cloud", "--script", "echo joined"}, testPassword, 0, "joined"},
+	})
 }
