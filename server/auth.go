@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -42,6 +43,10 @@ type authCache struct {
 	mu sync.Mutex
 	ok map[[32]byte]time.Time
 }
+
+// deriving bounds the PBKDF2 derivations running at once, so a flood of
+// requests with wrong passwords costs the server a core or two, not all.
+var deriving = make(chan struct{}, max(1, runtime.NumCPU()/2))
 
 // ensureAdmin creates the admin credentials on the server's first start:
 // from username and password (ADMIN_USERNAME / ADMIN_PASSWORD) when given,
@@ -126,7 +131,9 @@ func (s *Server) Authenticate(username, password string) error {
 		// Derive anyway, so that an unknown name takes as long as a wrong password.
 		c = credential{Salt: make([]byte, 16), Hash: make([]byte, 32), Iterations: pbkdf2Iterations}
 	}
+	deriving <- struct{}{}
 	hash, err := pbkdf2.Key(sha256.New, password, c.Salt, c.Iterations, len(c.Hash))
+	<-deriving
 	if err != nil || !found || subtle.ConstantTimeCompare(hash, c.Hash) != 1 {
 		return ErrBadCredentials
 	}
