@@ -351,3 +351,37 @@ func TestRunRidesOutAnAgentRestart(t *testing.T) {
 		t.Errorf("run's stdout:\n%s", got)
 	}
 }
+
+// Ctrl-C on `stevedore run` cancels the step (its script gets TERM) and run
+// ends with the step's own end; it does not leave the step running.
+func TestRunInterruptCancelsTheStep(t *testing.T) {
+	p := newAgentProc(t, testenv.Binary(t))
+	p.start()
+	var stdout, stderr testenv.SyncBuffer
+	result := filepath.Join(t.TempDir(), "result.json")
+	run := exec.Command(p.bin, "run", "--state-dir", filepath.Join(filepath.Dir(p.stateDir), "client"), "--agent", p.addr,
+		"--agent-thumbprint", p.agentTP, "--result", result,
+		"--script", "trap 'echo got TERM; exit 7' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
+	run.Stdout, run.Stderr = &stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), "line 3\n"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line 3; stderr: %s", stderr.String())
+		}
+	}
+	run.Process.Signal(syscall.SIGINT)
+	err := run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("run: %v, want the script's exit code 7\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "got TERM") || !strings.Contains(stderr.String(), "cancelling the step") {
+		t.Errorf("stdout: %s\nstderr: %s", stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(result)
+	if err != nil || !strings.Contains(string(b), `"outcome": "CANCELLED"`) {
+		t.Errorf("result: %s %v", b, err)
+	}
+}

@@ -120,8 +120,10 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	stderr := bufio.NewWriterSize(cmd.ErrOrStderr(), 64<<10)
 	defer stdout.Flush()
 	defer stderr.Flush()
+	intr := newInterrupter(cmd.ErrOrStderr())
+	defer intr.stop()
 	if o.server != "" {
-		return runViaServer(ctx, o, req, stdout, stderr)
+		return runViaServer(ctx, o, req, stdout, stderr, intr)
 	}
 	if o.agentThumbprint == "" {
 		return errors.New("--agent-thumbprint is required (or --server to go through a server)")
@@ -135,6 +137,14 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	if err := retry(ctx, func() (err error) { st, err = client.StartStep(ctx, req); return err }); err != nil {
 		return exitCodeError{exitCannotRun, fmt.Errorf("start step: %w", err)}
 	}
+	intr.arm(func() {
+		if err := retry(ctx, func() error {
+			_, err := client.CancelStep(ctx, &pb.CancelStepRequest{Ticket: req.Ticket})
+			return err
+		}); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "stevedore: cancel step %s: %v\n", req.Ticket, err)
+		}
+	})
 	after := uint64(0)
 	for {
 		after = printLines(st.GetLines(), after, stdout, stderr)

@@ -116,7 +116,7 @@ func retryAPI(ctx context.Context, f func() error) error {
 
 // runViaServer submits the step to the server's API, streams its log and
 // ends as direct mode does: same output, result file and exit codes.
-func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, stdout, stderr *bufio.Writer) error {
+func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, stdout, stderr *bufio.Writer, intr *interrupter) error {
 	if (o.pool == "") == (o.worker == "") {
 		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
 	}
@@ -140,6 +140,16 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 		}
 		return exitCodeError{exitCannotRun, fmt.Errorf("submit to %s: %w", o.server, err)}
 	}
+	intr.arm(func() {
+		var cancelled server.StepView
+		err := retryAPI(ctx, func() error {
+			return c.call(ctx, "POST", "/api/steps/"+url.PathEscape(v.ID)+"/cancel", nil, &cancelled)
+		})
+		var se *apiStatusError
+		if err != nil && !(errors.As(err, &se) && se.code == http.StatusConflict) { // 409: it had ended
+			fmt.Fprintf(os.Stderr, "stevedore: cancel step %s: %v\n", v.ID, err)
+		}
+	})
 	fmt.Fprintf(stderr, "stevedore: step %s queued on %s\n", v.ID, o.server)
 	stderr.Flush()
 	after := uint64(0)

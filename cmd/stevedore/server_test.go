@@ -324,3 +324,27 @@ func TestAgentRegistersWithTheToken(t *testing.T) {
 		{"a step on the registered worker", []string{"--pool", "cloud", "--script", "echo joined"}, testPassword, 0, "joined"},
 	})
 }
+
+// Ctrl-C on `stevedore run --server` cancels the step through the API.
+func TestRunThroughServerInterruptCancels(t *testing.T) {
+	s := newServerSetup(t, "--builtin-worker")
+	s.start(t)
+	var stdout, stderr testenv.SyncBuffer
+	run := exec.Command(testenv.Binary(t), "run", "--server", s.url(), "--pool", "builtin", "--user", testAdmin, "--password", testPassword,
+		"--script", "trap 'echo got TERM; exit 9' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
+	run.Stdout, run.Stderr = &stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), "line 3\n"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line 3; stderr: %s", stderr.String())
+		}
+	}
+	run.Process.Signal(syscall.SIGINT)
+	err := run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 9 || !strings.Contains(stdout.String(), "got TERM") {
+		t.Fatalf("run: %v, want the script's exit code 9\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+}
