@@ -357,20 +357,10 @@ func TestRunRidesOutAnAgentRestart(t *testing.T) {
 func TestRunInterruptCancelsTheStep(t *testing.T) {
 	p := newAgentProc(t, testenv.Binary(t))
 	p.start()
-	var stdout, stderr testenv.SyncBuffer
 	result := filepath.Join(t.TempDir(), "result.json")
-	run := exec.Command(p.bin, "run", "--state-dir", filepath.Join(filepath.Dir(p.stateDir), "client"), "--agent", p.addr,
+	run, stdout, stderr := startRunUntil(t, "line 3", "--state-dir", filepath.Join(filepath.Dir(p.stateDir), "client"), "--agent", p.addr,
 		"--agent-thumbprint", p.agentTP, "--result", result,
 		"--script", "trap 'echo got TERM; exit 7' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
-	run.Stdout, run.Stderr = &stdout, &stderr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), "line 3\n"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no line 3; stderr: %s", stderr.String())
-		}
-	}
 	run.Process.Signal(syscall.SIGINT)
 	err := run.Wait()
 	var ee *exec.ExitError
@@ -384,4 +374,28 @@ func TestRunInterruptCancelsTheStep(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `"outcome": "CANCELLED"`) {
 		t.Errorf("result: %s %v", b, err)
 	}
+}
+
+// startRunUntil starts `stevedore run` with args and waits until its stdout
+// has the line want.
+func startRunUntil(t *testing.T, want string, args ...string) (*exec.Cmd, *testenv.SyncBuffer, *testenv.SyncBuffer) {
+	t.Helper()
+	var stdout, stderr testenv.SyncBuffer
+	run := exec.Command(testenv.Binary(t), append([]string{"run"}, args...)...)
+	run.Stdout, run.Stderr = &stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if run.ProcessState == nil {
+			run.Process.Kill()
+			run.Wait()
+		}
+	})
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), want+"\n"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("run printed no %q; stderr: %s", want, stderr.String())
+		}
+	}
+	return run, &stdout, &stderr
 }

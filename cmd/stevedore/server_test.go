@@ -329,18 +329,8 @@ func TestAgentRegistersWithTheToken(t *testing.T) {
 func TestRunThroughServerInterruptCancels(t *testing.T) {
 	s := newServerSetup(t, "--builtin-worker")
 	s.start(t)
-	var stdout, stderr testenv.SyncBuffer
-	run := exec.Command(testenv.Binary(t), "run", "--server", s.url(), "--pool", "builtin", "--user", testAdmin, "--password", testPassword,
+	run, stdout, stderr := startRunUntil(t, "line 3", "--server", s.url(), "--pool", "builtin", "--user", testAdmin, "--password", testPassword,
 		"--script", "trap 'echo got TERM; exit 9' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
-	run.Stdout, run.Stderr = &stdout, &stderr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(stdout.String(), "line 3\n"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no line 3; stderr: %s", stderr.String())
-		}
-	}
 	run.Process.Signal(syscall.SIGINT)
 	err := run.Wait()
 	var ee *exec.ExitError
