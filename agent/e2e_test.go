@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
@@ -196,6 +197,12 @@ func TestSensitiveValuesNeverLeak(t *testing.T) {
 		list := managedContainers(t, cli, ta)
 		if len(list) == 1 {
 			inspect, err := cli.ContainerInspect(context.Background(), list[0].ID)
+			if errdefs.IsNotFound(err) {
+				// Listed while it was being replaced: look again.
+				t.Logf("container %s vanished between list and inspect", list[0].ID)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
