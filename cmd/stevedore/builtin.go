@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -22,39 +23,40 @@ const builtinWorkerDir = "builtin-worker"
 // startBuiltinWorker runs an agent inside the server process, connected to
 // the server's own polling address by the same protocol as any polling
 // worker (so it is dispatched to, followed and resumed the same way). Its
-// identity lives in the server's data dir and is added to trust. stop ends it.
-func startBuiltinWorker(ctx context.Context, dataDir, pollingAddr string, serverID *transport.Identity, trust *transport.TrustList, maxSteps int, log hclog.Logger) (stop func(), err error) {
+// identity lives in the server's data dir and is added to trust. stop ends
+// it; metrics serves its Prometheus metrics.
+func startBuiltinWorker(ctx context.Context, dataDir, pollingAddr string, serverID *transport.Identity, trust *transport.TrustList, maxSteps int, log hclog.Logger) (stop func(), metrics http.Handler, err error) {
 	stateDir := filepath.Join(dataDir, builtinWorkerDir)
 	id, _, err := transport.LoadOrCreateIdentity(stateDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := trust.Add(id.Thumbprint); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	dir, err := executor.DefaultBundleDir()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bundle, err := executor.LoadBundle(dir)
 	if err != nil {
-		return nil, fmt.Errorf("built-in worker: tool bundle: %w", err)
+		return nil, nil, fmt.Errorf("built-in worker: tool bundle: %w", err)
 	}
 	a, err := agent.New(agent.Config{StateDir: stateDir, Bundle: bundle, Identity: id, Name: "builtin", Pools: []string{"builtin"},
 		MaxSteps: maxSteps, MasterKey: os.Getenv("MASTER_KEY"), Logger: log.Named("builtin-worker")})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	srv := grpc.NewServer(transport.PollingServerOptions()...)
 	pb.RegisterAgentServer(srv, a)
 	pin, err := transport.NewTrustList(serverID.Thumbprint)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// ":10943" listens everywhere; the worker dials it on loopback.
 	host, port, err := net.SplitHostPort(pollingAddr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
@@ -63,5 +65,5 @@ func startBuiltinWorker(ctx context.Context, dataDir, pollingAddr string, server
 	done := make(chan struct{})
 	p := &transport.Poller{Addr: net.JoinHostPort(host, port), Identity: id, Server: pin, Log: log.Named("builtin-worker")}
 	go func() { p.Run(ctx, srv); close(done) }()
-	return func() { cancel(); <-done; srv.Stop(); a.Close() }, nil
+	return func() { cancel(); <-done; srv.Stop(); a.Close() }, a.MetricsHandler(), nil
 }

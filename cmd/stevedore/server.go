@@ -129,14 +129,19 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	errs := make(chan error, 2)
 	go func() { errs <- srv.ServePolling(pollLis) }()
-	go func() { errs <- hs.Serve(httpLis) }()
 	if o.builtinWorker {
-		stopWorker, err := startBuiltinWorker(ctx, o.dataDir, pollLis.Addr().String(), id, trust, o.builtinSlots, log)
+		stopWorker, metrics, err := startBuiltinWorker(ctx, o.dataDir, pollLis.Addr().String(), id, trust, o.builtinSlots, log)
 		if err != nil {
 			return fmt.Errorf("built-in worker: %w", err)
 		}
 		defer stopWorker()
+		// The built-in worker's own metrics, beside the server's.
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics/builtin-worker", metrics)
+		mux.Handle("/", hs.Handler)
+		hs.Handler = mux
 	}
+	go func() { errs <- hs.Serve(httpLis) }()
 	log.Info("server ready", "thumbprint", id.Thumbprint, "polling", pollLis.Addr().String(), "api", scheme+"://"+httpLis.Addr().String(),
 		"data_dir", o.dataDir, "builtin_worker", o.builtinWorker)
 	select {

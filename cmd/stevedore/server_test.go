@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -217,6 +218,21 @@ func TestBuiltinWorker(t *testing.T) {
 		{"no pool or worker", []string{"--script", "true"}, testPassword, exitCannotRun, ""},
 	}
 	runCases(t, s, nil, cases)
+	// Its metrics beside the server's, with no credentials, as /metrics.
+	for path, want := range map[string]string{
+		"/metrics/builtin-worker": `stevedore_agent_steps_finished_total{outcome="FAILED"} 1`,
+		"/metrics":                `stevedore_server_steps_completed_total{outcome="SUCCEEDED"} 1`,
+	} {
+		resp, err := http.Get(s.url() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s: %d, no %q in:\n%.2000s", path, resp.StatusCode, want, b)
+		}
+	}
 }
 
 // The API over HTTPS with the server's own certificate: a client pinning
