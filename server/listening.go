@@ -75,24 +75,15 @@ func (s *Server) keepListening(w *worker) {
 			continue
 		}
 		done := make(chan struct{})
-		w.mu.Lock()
-		w.rec.Pools, w.rec.Labels = caps.GetPools(), caps.GetLabels()
-		w.client, w.done, w.slots, w.caps = client, done, int(caps.GetMaxConcurrentSteps()), caps
-		close(w.connected)
-		w.mu.Unlock()
-		go s.refreshCaps(w, capsRefresh)
+		s.connect(w, client, done, caps)
 		log.Info("worker connected", "slots", caps.GetMaxConcurrentSteps(), "pools", caps.GetPools())
-		s.kick()
 		// Connected until the connection leaves READY.
 		for conn.GetState() == connectivity.Ready || conn.GetState() == connectivity.Idle {
 			if !conn.WaitForStateChange(s.ctx, conn.GetState()) {
 				break
 			}
 		}
-		w.mu.Lock()
-		w.client, w.done = nil, nil
-		w.connected = make(chan struct{})
-		w.mu.Unlock()
+		w.disconnect(done)
 		close(done)
 		log.Info("worker disconnected; redialing")
 	}

@@ -74,8 +74,36 @@ func (w *worker) hasDocker() bool {
 func (w *worker) setCaps(caps *pb.Capabilities) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.setCapsLocked(caps)
+}
+
+func (w *worker) setCapsLocked(caps *pb.Capabilities) {
 	w.caps = caps
 	w.slots = int(caps.GetMaxConcurrentSteps())
+	w.rec.Pools, w.rec.Labels = caps.GetPools(), caps.GetLabels()
+}
+
+// connect makes client the worker's connection until done closes, with
+// caps as what it can do; drivers waiting for it and dispatch go on.
+func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{}, caps *pb.Capabilities) {
+	w.mu.Lock()
+	w.client, w.done = client, done
+	w.setCapsLocked(caps)
+	close(w.connected)
+	w.mu.Unlock()
+	go s.refreshCaps(w, capsRefresh)
+	s.kick()
+}
+
+// disconnect ends the connection done belongs to, if it is still the
+// worker's; its steps wait for the next one.
+func (w *worker) disconnect(done <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done == done {
+		w.client, w.done = nil, nil
+		w.connected = make(chan struct{})
+	}
 }
 
 // refreshCaps asks the worker for its capabilities again (its engine may
@@ -159,23 +187,11 @@ func (s *Server) admit(pc *transport.PollingConn) {
 	if b, err := json.Marshal(rec); err == nil {
 		s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Put([]byte(name), b) })
 	}
-	w.mu.Lock()
-	w.rec = rec
-	w.client, w.done = client, pc.Done
-	w.slots, w.caps = int(caps.GetMaxConcurrentSteps()), caps
-	close(w.connected)
-	w.mu.Unlock()
-	go s.refreshCaps(w, capsRefresh)
+	s.connect(w, client, pc.Done, caps)
 	s.log.Info("worker connected", "worker", name, "remote", pc.Remote, "slots", caps.GetMaxConcurrentSteps(), "pools", rec.Pools)
-	s.kick()
 	go func() {
 		<-pc.Done
-		w.mu.Lock()
-		if w.done == pc.Done {
-			w.client, w.done = nil, nil
-			w.connected = make(chan struct{})
-		}
-		w.mu.Unlock()
+		w.disconnect(pc.Done)
 		s.log.Info("worker disconnected; waiting for its next connection", "worker", name)
 	}()
 }
