@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -249,8 +250,12 @@ func (s *Server) getStatus(client pb.AgentClient, rec StepRecord, cancelSent boo
 }
 
 func (s *Server) cancelRequested(id string) bool {
-	rec, ok := s.Step(id)
-	return ok && rec.CancelRequested
+	var asked bool
+	s.db.View(func(tx *bolt.Tx) error {
+		asked = tx.Bucket(cancelsBucket).Get([]byte(id)) != nil
+		return nil
+	})
+	return asked
 }
 
 // pause waits a moment for a failing connection to be noticed as gone.

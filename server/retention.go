@@ -48,13 +48,12 @@ func (s *Server) Prune(cutoff time.Time) (int, error) {
 		gone[id] = true
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		steps, keys, queue := tx.Bucket(stepsBucket), tx.Bucket(keysBucket), tx.Bucket(queueBucket)
+		keys := tx.Bucket(keysBucket)
 		for _, id := range old {
-			if err := steps.Delete([]byte(id)); err != nil {
-				return err
-			}
-			if err := queue.Delete([]byte(id)); err != nil {
-				return err
+			for _, b := range [][]byte{stepsBucket, queueBucket, cancelsBucket} {
+				if err := tx.Bucket(b).Delete([]byte(id)); err != nil {
+					return err
+				}
 			}
 		}
 		var stale [][]byte

@@ -42,6 +42,9 @@ var (
 	// queueBucket indexes the queued steps by ID (time-ordered), so that
 	// dispatch reads the queue, not every step ever kept.
 	queueBucket = []byte("queue")
+	// cancelsBucket marks the steps whose cancel was asked for, so that the
+	// driver's checks and every record write need no step decoded.
+	cancelsBucket = []byte("cancels")
 	// keysBucket maps a client's submission key to its step, so that a
 	// submission retried after a lost reply does not run the step twice.
 	keysBucket = []byte("submission-keys")
@@ -185,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -532,13 +535,15 @@ func (s *Server) putStep(rec StepRecord) error {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		// A cancel request is sticky: a driver's copy of the record,
 		// older than the request, does not undo it.
-		if !rec.CancelRequested {
-			var prev StepRecord
-			if v := tx.Bucket(stepsBucket).Get([]byte(rec.ID)); v != nil && json.Unmarshal(v, &prev) == nil && prev.CancelRequested {
-				rec.CancelRequested = true
-				if b, err = json.Marshal(rec); err != nil {
-					return err
-				}
+		cancels := tx.Bucket(cancelsBucket)
+		if rec.CancelRequested {
+			if err := cancels.Put([]byte(rec.ID), nil); err != nil {
+				return err
+			}
+		} else if cancels.Get([]byte(rec.ID)) != nil {
+			rec.CancelRequested = true
+			if b, err = json.Marshal(rec); err != nil {
+				return err
 			}
 		}
 		if rec.State == StateQueued {
