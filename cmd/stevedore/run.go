@@ -300,39 +300,56 @@ func retryWhile(ctx context.Context, transient func(error) bool, f func() error)
 }
 
 func download(ctx context.Context, client pb.AgentClient, ticket string, a *pb.Artifact, dir string) (string, error) {
-	stream, err := client.DownloadFile(ctx, &pb.DownloadFileRequest{Ticket: ticket, Path: a.GetPath()})
-	if err != nil {
-		return "", err
-	}
-	name := filepath.Base(filepath.Clean("/" + a.GetName()))
-	path := filepath.Join(dir, name)
+	return saveArtifact(dir, a.GetName(), a.GetSizeBytes(), a.GetSha256(), func(w io.Writer) error {
+		stream, err := client.DownloadFile(ctx, &pb.DownloadFileRequest{Ticket: ticket, Path: a.GetPath()})
+		if err != nil {
+			return err
+		}
+		for {
+			msg, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := w.Write(msg.GetData()); err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// saveArtifact writes the artifact name into dir with what fetch writes,
+// and checks it has the artifact's size and SHA-256. The file is made anew
+// on each call, so a caller may retry it whole.
+func saveArtifact(dir, name string, size int64, sum string, fetch func(w io.Writer) error) (string, error) {
+	path := filepath.Join(dir, filepath.Base(filepath.Clean("/"+name)))
 	f, err := os.Create(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
-	var n int64
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", err
-		}
-		if d := msg.GetData(); d != nil {
-			h.Write(d)
-			if _, err := f.Write(d); err != nil {
-				return "", err
-			}
-			n += int64(len(d))
-		}
+	cw := &countingWriter{w: io.MultiWriter(f, h)}
+	if err := fetch(cw); err != nil {
+		return "", err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != a.GetSha256() || n != a.GetSizeBytes() {
-		return "", fmt.Errorf("downloaded %d bytes with SHA-256 %s, want %d bytes with %s", n, got, a.GetSizeBytes(), a.GetSha256())
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum || cw.n != size {
+		return "", fmt.Errorf("downloaded %d bytes with SHA-256 %s, want %d bytes with %s", cw.n, got, size, sum)
 	}
-	return path, nil
+	return path, f.Sync()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (o *runOptions) request() (*pb.StartStepRequest, error) {

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -220,29 +218,12 @@ func logLines(entries []server.LogEntry) []*pb.LogLine {
 	return out
 }
 
-func (c *apiClient) downloadArtifact(ctx context.Context, id string, a server.Artifact, dir string) (string, error) {
-	path := filepath.Join(dir, filepath.Base(filepath.Clean("/"+a.Name)))
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	err = retryAPI(ctx, func() error {
-		if err := f.Truncate(0); err != nil {
-			return err
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
-		h.Reset()
-		return c.call(ctx, "GET", "/api/steps/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(a.Name), nil, io.MultiWriter(f, h))
+func (c *apiClient) downloadArtifact(ctx context.Context, id string, a server.Artifact, dir string) (path string, err error) {
+	err = retryAPI(ctx, func() (err error) {
+		path, err = saveArtifact(dir, a.Name, a.Size, a.SHA256, func(w io.Writer) error {
+			return c.call(ctx, "GET", "/api/steps/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(a.Name), nil, w)
+		})
+		return err
 	})
-	if err != nil {
-		return "", err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != a.SHA256 {
-		return "", fmt.Errorf("downloaded SHA-256 %s, want %s", got, a.SHA256)
-	}
-	return path, f.Sync()
+	return path, err
 }
