@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -132,7 +133,9 @@ func (s *Server) drive(rec StepRecord) {
 	s.mu.Lock()
 	w := s.workers[rec.Assigned]
 	s.mu.Unlock()
-	defer func() {
+	// The slot is given back before the step's end is recorded, so that
+	// whoever sees the step complete also sees its worker's slot free.
+	release := sync.OnceFunc(func() {
 		if w != nil {
 			w.mu.Lock()
 			w.inflight--
@@ -142,24 +145,29 @@ func (s *Server) drive(rec StepRecord) {
 		delete(s.cancels, rec.ID)
 		s.mu.Unlock()
 		s.kick()
-	}()
+	})
+	defer release()
+	finish := func(rec StepRecord, code *int32, outcome, reason string) {
+		release()
+		s.finish(rec, code, outcome, reason)
+	}
 	if w == nil {
-		s.finish(rec, nil, "AGENT_ERROR", "the assigned worker is unknown to this server")
+		finish(rec, nil, "AGENT_ERROR", "the assigned worker is unknown to this server")
 		return
 	}
 	plain, err := s.keys.Open(rec.Sealed)
 	if err != nil {
-		s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request cannot be opened: %v", err))
+		finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request cannot be opened: %v", err))
 		return
 	}
 	req := &pb.StartStepRequest{}
 	if err := proto.Unmarshal(plain, req); err != nil {
-		s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request is unreadable: %v", err))
+		finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the step's request is unreadable: %v", err))
 		return
 	}
 	tl, err := openTaskLog(s.TaskLogPath(rec.ID))
 	if err != nil {
-		s.finish(rec, nil, "AGENT_ERROR", err.Error())
+		finish(rec, nil, "AGENT_ERROR", err.Error())
 		return
 	}
 	// The file is the truth: lines stored before a crash moved the cursor
@@ -177,7 +185,7 @@ func (s *Server) drive(rec StepRecord) {
 			case status.Code(err) == codes.NotFound && !started:
 				// Never reached the worker (a restart may have hidden
 				// whether it did; the worker's answer settles it).
-				s.finish(rec, nil, "CANCELLED", "cancelled before it started on the worker")
+				finish(rec, nil, "CANCELLED", "cancelled before it started on the worker")
 				return
 			case err != nil && retryable(err):
 				s.pause(done)
@@ -194,7 +202,7 @@ func (s *Server) drive(rec StepRecord) {
 					s.pause(done)
 					continue
 				}
-				s.finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the worker refused the step: %v", err))
+				finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the worker refused the step: %v", err))
 				return
 			}
 			started = true
@@ -205,7 +213,7 @@ func (s *Server) drive(rec StepRecord) {
 				continue // woken to send the cancel
 			}
 			if status.Code(err) == codes.NotFound {
-				s.finish(rec, nil, "LOST", "the worker no longer knows the step")
+				finish(rec, nil, "LOST", "the worker no longer knows the step")
 				return
 			}
 			if retryable(err) {
@@ -213,7 +221,7 @@ func (s *Server) drive(rec StepRecord) {
 				s.pause(done)
 				continue
 			}
-			s.finish(rec, nil, "AGENT_ERROR", err.Error())
+			finish(rec, nil, "AGENT_ERROR", err.Error())
 			return
 		}
 		if rec, err = s.store(tl, rec, st.GetLines()); err != nil {
@@ -222,7 +230,7 @@ func (s *Server) drive(rec StepRecord) {
 			continue
 		}
 		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE && rec.Cursor+1 >= st.GetNextSequence() {
-			s.complete(client, tl, rec, st)
+			s.complete(client, tl, rec, st, finish)
 			return
 		}
 	}
@@ -296,7 +304,7 @@ func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRe
 
 // complete downloads the artifacts, completes the step on the worker and
 // records its end.
-func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus) {
+func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus, finish func(StepRecord, *int32, string, string)) {
 	dir := filepath.Join(s.cfg.ArtifactsDir, rec.ID)
 	rec.OutputVariables = map[string]string{}
 	for _, v := range st.GetOutputVariables() {
@@ -323,7 +331,7 @@ func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st
 		}
 	}
 	rec.ExitCode, rec.Signal = st.ExitCode, st.GetSignal()
-	s.finish(rec, rec.ExitCode, strings.TrimPrefix(st.GetOutcome().String(), "OUTCOME_"), st.GetReason())
+	finish(rec, rec.ExitCode, strings.TrimPrefix(st.GetOutcome().String(), "OUTCOME_"), st.GetReason())
 }
 
 func (s *Server) finish(rec StepRecord, code *int32, outcome, reason string) {
