@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -188,4 +191,81 @@ func TestCancelWhilePulling(t *testing.T) {
 	}
 	ta.complete(t, tk)
 	assertClean(t, cli, ta, tk)
+}
+
+// In a cgroup of its own, a host step's processes are all ended, also a
+// daemon that left the session and cleared its environment (which the
+// session and the step's mark cannot find): by a cancel, and by
+// CompleteStep when the script ended and left it running. The step's
+// cgroup is removed with the step.
+func TestCancelHostStepEndsEscapedDaemonsByCgroup(t *testing.T) {
+	ta := startAgent(t)
+	caps, err := ta.client.GetCapabilities(context.Background(), &pb.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(caps.GetHostProcessTracking(), "cgroup ") {
+		t.Skipf("host steps are not tracked by cgroup here: %s", caps.GetHostProcessTracking())
+	}
+	const escape = `setsid -f env -i /bin/bash -c 'echo $$ > escaped.pid; trap "" TERM; exec sleep 600' </dev/null >/dev/null 2>&1
+echo started
+`
+	tests := []struct {
+		name    string
+		script  string
+		cancel  bool
+		outcome pb.Outcome
+	}{
+		{"cancelled", escape + "trap '' TERM; sleep 600", true, pb.Outcome_OUTCOME_CANCELLED},
+		{"script ended and left it", escape + "while [ ! -s escaped.pid ]; do sleep 0.05; done", false, pb.Outcome_OUTCOME_SUCCEEDED},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tk := ticket(t)
+			if _, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tk, Script: bash(tt.script), Execution: host(),
+				CancelGrace: durationpb.New(time.Second)}); err != nil {
+				t.Fatal(err)
+			}
+			waitForLine(t, ta, tk, "started")
+			dir := filepath.Join(ta.stateDir, "steps", tk)
+			escaped := readPID(t, filepath.Join(dir, "work", "escaped.pid"))
+			t.Cleanup(func() {
+				if !pidGone(escaped) {
+					p, _ := os.FindProcess(escaped)
+					p.Kill()
+				}
+			})
+			if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", escaped)); err != nil || bytes.Contains(env, []byte("STEVEDORE_STEP_DIR")) {
+				t.Fatalf("the daemon is not unmarked (%v): %q", err, env)
+			}
+			b, err := os.ReadFile(filepath.Join(dir, "runner.cgroup"))
+			if err != nil {
+				t.Fatalf("no cgroup recorded: %v", err)
+			}
+			cgroup := strings.TrimSpace(string(b))
+			if procs, err := os.ReadFile(filepath.Join(cgroup, "cgroup.procs")); err != nil || !bytes.Contains(procs, []byte(strconv.Itoa(escaped)+"\n")) {
+				t.Fatalf("the daemon %d is not in the step's cgroup %s (%v): %q", escaped, cgroup, err, procs)
+			}
+			if tt.cancel {
+				if _, err := ta.client.CancelStep(context.Background(), &pb.CancelStepRequest{Ticket: tk}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			run := ta.follow(t, tk)
+			if run.final.GetOutcome() != tt.outcome {
+				t.Fatalf("outcome %v, want %v (%s)", run.final.GetOutcome(), tt.outcome, run.final.GetReason())
+			}
+			ta.complete(t, tk)
+			deadline := time.Now().Add(5 * time.Second)
+			for !pidGone(escaped) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !pidGone(escaped) {
+				t.Errorf("the escaped daemon (pid %d) outlived the step", escaped)
+			}
+			if _, err := os.Stat(cgroup); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the step's cgroup %s is still there: %v", cgroup, err)
+			}
+		})
+	}
 }

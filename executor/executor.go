@@ -106,9 +106,9 @@ type Executor interface {
 	// it on (to the script's process group and to the processes carrying the
 	// step's STEVEDORE_STEP_DIR, its daemons) and enforces the grace period;
 	// SIGKILL ends every process of the step at once, also what the script
-	// left running after the runner ended (on the host: the runner's
-	// session, the marked processes and their descendants; there is no
-	// cgroup). Idempotent, and a no-op for a step with nothing left running,
+	// left running after the runner ended (on the host: the step's cgroup,
+	// or without one the runner's session, the marked processes and their
+	// descendants). Idempotent, and a no-op for a step with nothing left running,
 	// also one started by an earlier agent process.
 	Signal(ctx context.Context, spec *Spec, sig syscall.Signal) error
 

@@ -26,10 +26,12 @@ const (
 
 // Host runs steps directly on the worker: the runner is started as a
 // detached process in a session of its own, so it outlives the agent and a
-// signal to the agent's process group never reaches it.
+// signal to the agent's process group never reaches it, and in a cgroup of
+// its own where there is a writable cgroup v2 (cgroup.go).
 type Host struct {
 	bundle *Bundle
 	log    hclog.Logger
+	cg     stepCgroups
 
 	mu    sync.Mutex
 	procs map[string]*hostProc
@@ -43,8 +45,14 @@ type hostProc struct {
 
 // NewHost returns a host executor that starts the bundle's runner.
 func NewHost(bundle *Bundle, log hclog.Logger) *Host {
-	return &Host{bundle: bundle, log: log.Named("host"), procs: map[string]*hostProc{}}
+	h := &Host{bundle: bundle, log: log.Named("host"), procs: map[string]*hostProc{}, cg: findStepCgroups()}
+	h.log.Info("host steps' processes are tracked", "by", h.cg.Tracking())
+	return h
 }
+
+// Tracking says how host steps' processes are found and killed: by cgroup
+// or, without a writable cgroup v2, by session and mark.
+func (h *Host) Tracking() string { return h.cg.Tracking() }
 
 // Prepare implements Executor. Nothing to prepare on the host.
 func (h *Host) Prepare(context.Context, *Spec, LogFunc) error { return nil }
@@ -62,7 +70,7 @@ func (h *Host) Start(_ context.Context, spec *Spec, stdin []byte) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = runnerEnv(os.Environ())
-	if err := cmd.Start(); err != nil {
+	if err := h.startInCgroup(cmd, spec); err != nil {
 		return fmt.Errorf("start runner: %w", err)
 	}
 	p := &hostProc{pid: cmd.Process.Pid, done: make(chan struct{})}
@@ -78,6 +86,35 @@ func (h *Host) Start(_ context.Context, spec *Spec, stdin []byte) error {
 		close(p.done)
 	}()
 	return nil
+}
+
+// startInCgroup starts cmd in the step's own cgroup, recorded in the step
+// directory first so that no runner ever runs unrecorded; without one, or
+// when the kernel refuses to start a process into it, cmd starts in the
+// agent's cgroup and the step is tracked by session.
+func (h *Host) startInCgroup(cmd *exec.Cmd, spec *Spec) error {
+	path, dir, err := h.cg.make(spec.StepDir)
+	if err != nil {
+		h.log.Warn("host step runs without a cgroup of its own", "ticket", spec.Ticket, "error", err)
+	}
+	if dir == nil {
+		return cmd.Start()
+	}
+	defer dir.Close()
+	record := filepath.Join(spec.StepDir, hostCgroupFile)
+	if err := os.WriteFile(record, []byte(path+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record the step's cgroup: %w", err)
+	}
+	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(dir.Fd())
+	err = cmd.Start()
+	if err == nil {
+		return nil
+	}
+	h.log.Warn("cannot start the runner in the step's cgroup; tracking it by session", "ticket", spec.Ticket, "error", err)
+	_ = os.Remove(record)
+	_ = os.Remove(path)
+	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = false, 0
+	return cmd.Start()
 }
 
 func exitFromWait(st *os.ProcessState, err error) Exit {
@@ -162,6 +199,9 @@ func (h *Host) Remove(ctx context.Context, spec *Spec) error {
 	h.mu.Lock()
 	delete(h.procs, spec.Ticket)
 	h.mu.Unlock()
+	if cg := recordedCgroup(spec.StepDir); cg != "" {
+		return removeCgroup(cg, killGrace)
+	}
 	return nil
 }
 
@@ -189,14 +229,18 @@ func alive(pid int) bool {
 const stepDirEnv = "STEVEDORE_STEP_DIR"
 
 // killStep SIGKILLs every process of the step whose runner leads session
-// sid. There is no cgroup to ask, so a step's processes are those in the
-// session (the runner, the script, whatever they started in process groups
-// of their own), those whose environment carries the step's mark (daemons
-// that called setsid and were reparented to init), and the descendants of
-// both. A daemon that left the session and cleared its environment escapes.
-// The session id stays reserved while any member lives, so after the
-// runner's death it still names only the step's processes.
+// sid. In a step's own cgroup, cgroup.kill ends them all. Beside it (or
+// without one) a step's processes are those in the session (the runner,
+// the script, whatever they started in process groups of their own), those
+// whose environment carries the step's mark (daemons that called setsid
+// and were reparented to init), and the descendants of both; without a
+// cgroup, a daemon that left the session and cleared its environment
+// escapes. The session id stays reserved while any member lives, so after
+// the runner's death it still names only the step's processes.
 func killStep(sid int, stepDir string) {
+	if cg := recordedCgroup(stepDir); cg != "" {
+		killCgroup(cg)
+	}
 	for _, pid := range stepProcs(sid, stepDir) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}

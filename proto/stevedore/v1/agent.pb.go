@@ -425,9 +425,14 @@ type Capabilities struct {
 	Labels       map[string]string `protobuf:"bytes,12,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	CachedImages []*CachedImage    `protobuf:"bytes,13,rep,name=cached_images,json=cachedImages,proto3" json:"cached_images,omitempty"`
 	// The agent's certificate thumbprint (SHA-256 of the DER, lowercase hex).
-	Thumbprint    string `protobuf:"bytes,14,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Thumbprint string `protobuf:"bytes,14,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
+	// How the processes of host steps are found and killed: "cgroup PATH" (each
+	// step in a cgroup v2 of its own), or "session (WHY)" without a writable
+	// cgroup v2, when a daemon that leaves the step's session and clears its
+	// environment escapes the kill.
+	HostProcessTracking string `protobuf:"bytes,15,opt,name=host_process_tracking,json=hostProcessTracking,proto3" json:"host_process_tracking,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Capabilities) Reset() {
@@ -554,6 +559,13 @@ func (x *Capabilities) GetCachedImages() []*CachedImage {
 func (x *Capabilities) GetThumbprint() string {
 	if x != nil {
 		return x.Thumbprint
+	}
+	return ""
+}
+
+func (x *Capabilities) GetHostProcessTracking() string {
+	if x != nil {
+		return x.HostProcessTracking
 	}
 	return ""
 }
@@ -2606,7 +2618,7 @@ var File_proto_stevedore_v1_agent_proto protoreflect.FileDescriptor
 const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x1eproto/stevedore/v1/agent.proto\x12\fstevedore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n" +
-	"\x16GetCapabilitiesRequest\"\xdc\x04\n" +
+	"\x16GetCapabilitiesRequest\"\x90\x05\n" +
 	"\fCapabilities\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12)\n" +
 	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
@@ -2624,7 +2636,8 @@ const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"\rcached_images\x18\r \x03(\v2\x19.stevedore.v1.CachedImageR\fcachedImages\x12\x1e\n" +
 	"\n" +
 	"thumbprint\x18\x0e \x01(\tR\n" +
-	"thumbprint\x1a9\n" +
+	"thumbprint\x122\n" +
+	"\x15host_process_tracking\x18\x0f \x01(\tR\x13hostProcessTracking\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"}\n" +
