@@ -18,7 +18,7 @@ func writeTemp(t *testing.T, body string) string {
 func TestCgroup2Mount(t *testing.T) {
 	tests := []struct {
 		name, mountinfo, want string
-		wantErr           bool
+		wantErr               bool
 	}{
 		{"pure v2", "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n", "/sys/fs/cgroup", false},
 		{"hybrid", "30 25 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n" +
