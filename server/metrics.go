@@ -24,6 +24,7 @@ type serverMetrics struct {
 	submitted prometheus.Counter
 	completed *prometheus.CounterVec
 	logLines  prometheus.Counter
+	pruned    *prometheus.CounterVec
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -35,6 +36,11 @@ func newServerMetrics(s *Server) *serverMetrics {
 			Name: "steps_completed_total", Help: "Steps completed, by outcome (SUCCEEDED, FAILED, CANCELLED, ...)."}, []string{"outcome"}),
 		logLines: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stevedore", Subsystem: "server",
 			Name: "task_log_lines_total", Help: "Log lines stored in task logs."}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stevedore", Subsystem: "server",
+			Name: "steps_pruned_total", Help: "Completed steps removed with their task logs and artifacts, by what removed them (age: --retention, size: --max-storage)."}, []string{"by"}),
+	}
+	for _, by := range []string{"age", "size"} {
+		m.pruned.WithLabelValues(by)
 	}
 	// Known outcomes start at 0, so that rate() works before the first one.
 	for v, name := range pb.Outcome_name {
@@ -42,7 +48,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 			m.completed.WithLabelValues(strings.TrimPrefix(name, "OUTCOME_"))
 		}
 	}
-	m.reg.MustRegister(m.submitted, m.completed, m.logLines, &stateCollector{s: s},
+	m.reg.MustRegister(m.submitted, m.completed, m.logLines, m.pruned, &stateCollector{s: s},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stevedore", Subsystem: "server", Name: "info",
 			Help:        "Always 1; the server's version and wire protocol version as labels.",
 			ConstLabels: prometheus.Labels{"version": version.Version, "protocol": strconv.Itoa(version.Protocol)}},

@@ -130,6 +130,10 @@ type Config struct {
 	// Retention is how long a completed step's record, task log and
 	// artifacts are kept; 0 keeps them for ever.
 	Retention time.Duration
+	// MaxStorage bounds the bytes that completed steps' task logs and
+	// artifacts take: beyond it the steps that completed first are
+	// removed. 0: no bound.
+	MaxStorage int64
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
 	Logger                    hclog.Logger
@@ -258,7 +262,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	go s.dispatchLoop()
-	if cfg.Retention > 0 {
+	if cfg.Retention > 0 || cfg.MaxStorage > 0 {
 		go s.keepRetention()
 	}
 	return s, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"stevedore/internal/config"
 	"stevedore/server"
 	"stevedore/transport"
 )
@@ -30,6 +31,7 @@ type serverOptions struct {
 	builtinWorker                                                 bool
 	builtinSlots                                                  int
 	retention                                                     time.Duration
+	maxStorage                                                    string
 }
 
 func newServerCommand() *cobra.Command {
@@ -72,6 +74,7 @@ port like any other worker, in the pool "builtin".`,
 	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
 	f.IntVar(&o.builtinSlots, "builtin-worker-slots", 2, "steps the built-in worker runs at once")
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
+	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
 }
@@ -94,10 +97,14 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	if len(o.trust) == 0 && !o.builtinWorker {
 		log.Warn("no --trust thumbprints: no polling agent can connect (listening workers can still be registered)")
 	}
+	maxStorage, err := config.ParseSize(o.maxStorage)
+	if err != nil {
+		return fmt.Errorf("--max-storage %q: want a size such as 50GiB or 20GB: %w", o.maxStorage, err)
+	}
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
 		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"),
-		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, Logger: log})
+		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, Logger: log})
 	if err != nil {
 		return err
 	}
