@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
 )
 
@@ -68,7 +69,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 	defer s.mu.Unlock()
 	var best *worker
 	bestLoad := 0
-	var serving, connected, capable int
+	var serving, connected, compatible, capable int
 	for _, w := range s.workers {
 		if !w.serves(rec.Worker, rec.Pool) {
 			continue
@@ -79,11 +80,15 @@ func (s *Server) pick(rec StepRecord) *worker {
 		docker := w.caps.GetDocker().GetAvailable()
 		free := up && w.inflight < w.slots
 		load := w.inflight
+		speaks := incompatible(w.caps) == ""
 		w.mu.Unlock()
 		if up {
 			connected++
+			if speaks {
+				compatible++
+			}
 		}
-		if rec.Image != "" && !docker {
+		if !speaks || rec.Image != "" && !docker {
 			continue
 		}
 		if up {
@@ -109,6 +114,8 @@ func (s *Server) pick(rec StepRecord) *worker {
 		s.waiting[rec.ID] = "no worker of " + target + " is known yet"
 	case connected == 0:
 		s.waiting[rec.ID] = "no worker of " + target + " is connected"
+	case compatible == 0:
+		s.waiting[rec.ID] = fmt.Sprintf("no connected worker of %s speaks this server's wire protocol %d: upgrade them (see GET /api/workers)", target, version.Protocol)
 	case capable == 0:
 		s.waiting[rec.ID] = "no connected worker of " + target + " has a Docker Engine available for a container step"
 	default:

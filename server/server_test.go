@@ -89,6 +89,12 @@ func (e *env) pollingAgent(name string, maxSteps int) {
 // pollingAgentVia starts a real polling agent that dials addr (a proxy,
 // say) to reach the server.
 func (e *env) pollingAgentVia(name string, maxSteps int, addr string) {
+	e.pollingAgentServing(name, maxSteps, addr, func(a pb.AgentServer) pb.AgentServer { return a })
+}
+
+// pollingAgentServing starts a real polling agent whose service wrap may
+// alter, to play an agent of another version.
+func (e *env) pollingAgentServing(name string, maxSteps int, addr string, wrap func(pb.AgentServer) pb.AgentServer) {
 	t := e.t
 	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
@@ -101,7 +107,7 @@ func (e *env) pollingAgentVia(name string, maxSteps int, addr string) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(transport.PollingServerOptions()...)
-	pb.RegisterAgentServer(srv, a)
+	pb.RegisterAgentServer(srv, wrap(a))
 	pin, _ := transport.NewTrustList(e.id.Thumbprint)
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &transport.Poller{Addr: addr, Identity: e.agentID, Server: pin, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Log: e.log}

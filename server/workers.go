@@ -1,14 +1,17 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
 	"stevedore/transport"
 )
@@ -44,8 +47,12 @@ type WorkerStatus struct {
 	Docker       bool   `json:"docker"`
 	DockerError  string `json:"docker_error,omitempty"`
 	AgentVersion string `json:"agent_version,omitempty"`
-	Hostname     string `json:"hostname,omitempty"`
-	CachedImages int    `json:"cached_images"`
+	// ProtocolVersion is the wire contract the worker speaks; steps go only
+	// to workers that speak this server's (Incompatible says why not).
+	ProtocolVersion uint32 `json:"protocol_version,omitempty"`
+	Incompatible    string `json:"incompatible,omitempty"`
+	Hostname        string `json:"hostname,omitempty"`
+	CachedImages    int    `json:"cached_images"`
 }
 
 func newWorker(rec WorkerRecord) *worker {
@@ -57,11 +64,23 @@ func (w *worker) status() WorkerStatus {
 	defer w.mu.Unlock()
 	st := WorkerStatus{WorkerRecord: w.rec, Connected: w.client != nil, Slots: w.slots, Running: w.inflight,
 		Docker: w.caps.GetDocker().GetAvailable(), DockerError: w.caps.GetDocker().GetError(),
-		AgentVersion: w.caps.GetAgentVersion(), Hostname: w.caps.GetHostname(), CachedImages: len(w.caps.GetCachedImages())}
+		AgentVersion: w.caps.GetAgentVersion(), Hostname: w.caps.GetHostname(), CachedImages: len(w.caps.GetCachedImages()),
+		ProtocolVersion: w.caps.GetProtocolVersion(), Incompatible: incompatible(w.caps)}
 	if st.Connected {
 		st.FreeSlots = max(0, w.slots-w.inflight)
 	}
 	return st
+}
+
+// incompatible says why a worker with caps cannot be given steps: it
+// speaks another version of the wire contract (an agent of another
+// release, during a rolling upgrade), which this server may misread.
+func incompatible(caps *pb.Capabilities) string {
+	if caps == nil || caps.GetProtocolVersion() == version.Protocol {
+		return ""
+	}
+	return fmt.Sprintf("the worker's agent %s speaks wire protocol %d, this server %d: upgrade the one that is behind",
+		cmp.Or(caps.GetAgentVersion(), "(version unknown)"), caps.GetProtocolVersion(), version.Protocol)
 }
 
 func (w *worker) hasDocker() bool {
@@ -91,6 +110,9 @@ func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{},
 	w.setCapsLocked(caps)
 	close(w.connected)
 	w.mu.Unlock()
+	if why := incompatible(caps); why != "" {
+		s.log.Warn("worker connected, but it is given no steps", "worker", w.rec.Name, "why", why)
+	}
 	go s.refreshCaps(w, capsRefresh)
 	s.kick()
 }
