@@ -49,6 +49,11 @@ type Config struct {
 	// MinFreeDisk is the free space (bytes) StateDir must have for StartStep
 	// to accept a new step; 0: DefaultMinFreeDisk, below 0: no check.
 	MinFreeDisk int64
+	// MaxLogSize bounds the bytes of a step's own output kept in its log,
+	// so that a runaway step cannot fill the worker's disk (or the
+	// server's); past it the output is counted, and the log says so.
+	// 0: no bound.
+	MaxLogSize int64
 	// Retention is how long a completed step the server never collected
 	// (CompleteStep) keeps its container and workspace, and how long a
 	// collected step's tombstone answers a repeated call; default 24 h.

@@ -118,7 +118,8 @@ func (a *Agent) run(s *step) {
 	if grace <= 0 {
 		grace = a.cfg.DefaultGrace
 	}
-	runSpec := stepspec.Spec{Ticket: s.rec.Ticket, Syntax: syntaxName(req.GetScript().GetSyntax()), FirstSequence: first, CancelGrace: stepspec.Duration(grace)}
+	runSpec := stepspec.Spec{Ticket: s.rec.Ticket, Syntax: syntaxName(req.GetScript().GetSyntax()), FirstSequence: first,
+		CancelGrace: stepspec.Duration(grace), LogLimit: a.cfg.MaxLogSize}
 	for _, v := range req.GetVariables() {
 		if !v.GetSensitive() {
 			runSpec.Variables = append(runSpec.Variables, stepspec.Variable{Name: v.GetName(), Value: v.GetValue()})

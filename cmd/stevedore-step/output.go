@@ -11,6 +11,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/docker/go-units"
+
 	"stevedore/internal/steplog"
 )
 
@@ -45,10 +47,35 @@ type output struct {
 	failed      bool   // a failStep was seen
 	err         error  // the first error writing output.log; later records are dropped
 	closed      bool   // finish was called: nothing more is written
+
+	// limit bounds the bytes of the script's output kept in output.log
+	// (stepspec.Spec.LogLimit); 0: no bound. Past it the output is
+	// counted, and the log says so where it was cut and at the end.
+	limit, kept          int64
+	cut                  bool
+	dropped, droppedRecs int64
 }
 
-func newOutput(w io.Writer, firstSeq uint64) *output {
-	return &output{w: steplog.NewWriter(w, firstSeq)}
+func newOutput(w io.Writer, firstSeq uint64, limit int64) *output {
+	return &output{w: steplog.NewWriter(w, firstSeq), limit: limit}
+}
+
+// script writes a record of the script's own output, within the log
+// limit. The caller holds o.mu.
+func (o *output) script(kind steplog.Kind, partial bool, data []byte) {
+	if o.limit > 0 {
+		if o.cut || o.kept+int64(len(data)) > o.limit {
+			if !o.cut {
+				o.cut = true
+				o.runnerLineLocked("the step's output reached its log limit of %s: what it writes from here on is counted, not kept; service messages still work", units.BytesSize(float64(o.limit)))
+			}
+			o.dropped += int64(len(data))
+			o.droppedRecs++
+			return
+		}
+		o.kept += int64(len(data))
+	}
+	o.append(kind, partial, data)
 }
 
 // append writes one stdout or stderr record (masked) or an event. The caller
@@ -165,6 +192,10 @@ func (o *output) setVariable(ev *steplog.Event) bool {
 func (o *output) finish(f *os.File) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.cut {
+		o.now = time.Now()
+		o.runnerLineLocked("%d bytes of output in %d records were not kept: the log limit is %s", o.dropped, o.droppedRecs, units.BytesSize(float64(o.limit)))
+	}
 	o.flush()
 	o.closed = true
 	if o.err != nil {
@@ -234,7 +265,7 @@ func (s *stream) add(b []byte) {
 		limit := steplog.MaxData
 		if len(s.pending) >= steplog.MaxData {
 			if len(s.pending) >= maxServiceLine || !s.mayBeService(s.pending) {
-				s.o.append(s.kind, true, s.pending)
+				s.o.script(s.kind, true, s.pending)
 				s.pending, s.cont = s.pending[:0], true
 				continue
 			}
@@ -252,7 +283,7 @@ func (s *stream) end() {
 	if len(s.pending) > 0 {
 		// The end of the output ends a service message as well as a '\n'.
 		if !s.service(s.pending, s.cont) {
-			s.o.append(s.kind, true, s.pending)
+			s.o.script(s.kind, true, s.pending)
 		}
 	}
 	s.pending, s.cont = nil, false
@@ -261,7 +292,7 @@ func (s *stream) end() {
 // line handles one complete line, without its '\n'.
 func (s *stream) line(data []byte, cont bool) {
 	if !s.service(data, cont) {
-		s.o.append(s.kind, false, data)
+		s.o.script(s.kind, false, data)
 	}
 }
 
@@ -279,7 +310,7 @@ func (s *stream) service(data []byte, cont bool) bool {
 	for i := indexServicePrefix(data); i >= 0; {
 		if ev, ok := parseServiceMessage(data[i:]); ok {
 			if i > 0 {
-				s.o.append(s.kind, true, data[:i])
+				s.o.script(s.kind, true, data[:i])
 			}
 			s.o.event(ev)
 			return true

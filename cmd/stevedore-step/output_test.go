@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,7 +96,7 @@ func TestStreamLines(t *testing.T) {
 				continue // slow, and no different from 7
 			}
 			var buf bytes.Buffer
-			o := newOutput(&buf, 1)
+			o := newOutput(&buf, 1, 0)
 			o.stepKey = bytes.Repeat([]byte{7}, 32)
 			o.workDir = "/work"
 			got := feedOutput(t, o, &buf, chunk, tt.stdout, tt.stderr)
@@ -165,7 +166,7 @@ func TestMasking(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			o := newOutput(&buf, 1)
+			o := newOutput(&buf, 1, 0)
 			for _, s := range tt.secrets {
 				o.masks.add(s)
 			}
@@ -190,7 +191,7 @@ func TestPumpStdoutFirst(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o := newOutput(f, 1)
+		o := newOutput(f, 1, 0)
 		outR, outW, err := newPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -230,4 +231,55 @@ func sealedEventLen(name string, n int) int {
 	sealed := strings.Repeat("A", base64.StdEncoding.EncodedLen(12+n+16)) // nonce, value, GCM tag
 	b, _ := json.Marshal(steplog.Event{Type: evSetVariable, Name: name, Value: sealed, Sensitive: true})
 	return len(b)
+}
+
+// The log limit keeps the script's output up to the limit, says where it
+// cut, keeps service messages working past it, and counts what it dropped.
+func TestLogLimit(t *testing.T) {
+	setVar := "##stevedore[setVariable name='" + b64("A") + "' value='" + b64("b") + "']"
+	cutLine := "stevedore-step: the step's output reached its log limit of 10B: what it writes from here on is counted, not kept; service messages still work"
+	tests := []struct {
+		name           string
+		limit          int64
+		stdout, stderr string
+		want           []rec
+		wantEnd        string // the runner's closing count, if any
+	}{
+		{"no limit", 0, "aaaaa\nbbbbb\nccccc\n", "", []rec{{1, false, "aaaaa"}, {1, false, "bbbbb"}, {1, false, "ccccc"}}, ""},
+		{"within it", 10, "aaaaa\nbbbbb\n", "", []rec{{1, false, "aaaaa"}, {1, false, "bbbbb"}}, ""},
+		{"past it", 10, "aaaaa\nbbbbb\nccc\n", "dd\n", []rec{{1, false, "aaaaa"}, {1, false, "bbbbb"}, {2, false, cutLine}},
+			"stevedore-step: 5 bytes of output in 2 records were not kept: the log limit is 10B"},
+		{"a line that does not fit is not kept in part", 10, "aaaaa\nbbbbbbbbbb\nc\n", "", []rec{{1, false, "aaaaa"}, {2, false, cutLine}},
+			"stevedore-step: 11 bytes of output in 2 records were not kept: the log limit is 10B"},
+		{"service messages still work past it", 10, "aaaaaaaaaaa\n" + setVar + "\n", "", []rec{{2, false, cutLine}, {3, false, `{"type":"setVariable","name":"A","value":"b"}`}},
+			"stevedore-step: 11 bytes of output in 1 records were not kept: the log limit is 10B"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			o := newOutput(&buf, 1, tt.limit)
+			got := feedOutput(t, o, &buf, 3, tt.stdout, tt.stderr)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("records %s\nwant    %s", short(got), short(tt.want))
+			}
+			f, err := os.CreateTemp(t.TempDir(), "log")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			o.w = steplog.NewWriter(f, 100)
+			if err := o.finish(f); err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(f.Name())
+			r := steplog.NewReader(bytes.NewReader(b), 0)
+			end, err := r.Next()
+			switch {
+			case tt.wantEnd == "" && err != io.EOF:
+				t.Errorf("a closing line without a cut: %q (%v)", end.Data, err)
+			case tt.wantEnd != "" && (err != nil || string(end.Data) != tt.wantEnd):
+				t.Errorf("closing line %q (%v), want %q", end.Data, err, tt.wantEnd)
+			}
+		})
+	}
 }

@@ -20,7 +20,7 @@ func FuzzStream(f *testing.F) {
 	f.Add([]byte("##stevedore[createArtifact path='Li4vZXRj']"), uint16(5))
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint16) {
 		var buf bytes.Buffer
-		o := newOutput(&buf, 1)
+		o := newOutput(&buf, 1, 0)
 		o.stepKey = bytes.Repeat([]byte{7}, 32)
 		o.workDir = "/work"
 		got := feedOutput(t, o, &buf, int(chunk%8192)+1, string(data), "")

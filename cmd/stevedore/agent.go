@@ -35,7 +35,7 @@ func newAgentCommand() *cobra.Command {
 		trust, labels, pools                                    []string
 		maxSteps                                                int
 		grace, retention                                        time.Duration
-		minFreeDisk                                             string
+		minFreeDisk, maxLogSize                                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -80,12 +80,16 @@ over the file.`,
 			if flags.Changed("cancel-grace") {
 				cfg.CancelGrace = grace
 			}
-			if flags.Changed("min-free-disk") {
-				n, err := config.ParseSize(minFreeDisk)
-				if err != nil {
-					return fmt.Errorf("--min-free-disk %q: %w", minFreeDisk, err)
+			for flag, dst := range map[string]*int64{"min-free-disk": &cfg.MinFreeDisk, "max-log-size": &cfg.MaxLogSize} {
+				if !flags.Changed(flag) {
+					continue
 				}
-				cfg.MinFreeDisk = n
+				v, _ := flags.GetString(flag)
+				n, err := config.ParseSize(v)
+				if err != nil {
+					return fmt.Errorf("--%s %q: %w", flag, v, err)
+				}
+				*dst = n
 			}
 			if flags.Changed("name") {
 				cfg.Name = name
@@ -118,6 +122,7 @@ over the file.`,
 	f.IntVar(&maxSteps, "max-steps", 4, "steps that run at once; more wait in order")
 	f.DurationVar(&grace, "cancel-grace", 10*time.Second, "default time between TERM and KILL on cancel")
 	f.StringVar(&minFreeDisk, "min-free-disk", "500MiB", "free space the state dir must keep for a new step to be accepted (0: no check)")
+	f.StringVar(&maxLogSize, "max-log-size", "0", "bytes of a step's own output kept in its log, e.g. 1GiB; past it the output is counted, not kept, and the log says so (0: no bound)")
 	f.StringVar(&name, "name", "", "this worker's name (default: the host name)")
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
 	f.StringVar(&server, "server", "", "polling mode: the server's polling address (host:10943)")
@@ -243,7 +248,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	a, err := agent.New(agent.Config{
 		StateDir: cfg.StateDir, Bundle: bundle, MaxSteps: cfg.MaxSteps, DefaultGrace: cfg.CancelGrace,
 		MasterKey: os.Getenv("MASTER_KEY"), Name: cfg.Name, Pools: cfg.Pools, Labels: cfg.Labels, Identity: id, Logger: log,
-		Images: images, Credentials: resolver, Retention: cfg.Retention, MinFreeDisk: minFree,
+		Images: images, Credentials: resolver, Retention: cfg.Retention, MinFreeDisk: minFree, MaxLogSize: cfg.MaxLogSize,
 	})
 	if err != nil {
 		return err

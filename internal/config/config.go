@@ -60,6 +60,9 @@ type Agent struct {
 	// MinFreeDisk is the free space StateDir must keep for a new step to
 	// be accepted; 0 turns the check off.
 	MinFreeDisk int64
+	// MaxLogSize bounds the bytes of a step's output kept in its log; 0:
+	// no bound.
+	MaxLogSize int64
 	// Retention is how long a completed step no client collected keeps its
 	// container and workspace, and a collected one its journal tombstone.
 	Retention time.Duration

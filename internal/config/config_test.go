@@ -43,6 +43,7 @@ func TestLoadExample(t *testing.T) {
 		MaxSteps:    4,
 		CancelGrace: 10 * time.Second,
 		MinFreeDisk: 1 << 30,
+		MaxLogSize:  2 << 30,
 		Retention:   12 * time.Hour,
 		Name:        "worker-1",
 		Pools:       []string{"linux"},

@@ -63,6 +63,7 @@ func (d *decoder) agent(f *fileAgent, a *Agent) {
 	}
 	d.duration(f.CancelGrace, "cancel_grace", false, &a.CancelGrace)
 	d.size(f.MinFreeDisk, "min_free_disk", &a.MinFreeDisk)
+	d.size(f.MaxLogSize, "max_log_size", &a.MaxLogSize)
 	d.duration(f.Retention, "retention", false, &a.Retention)
 	d.feeds(f.Feeds, a)
 	if f.Images != nil {

@@ -17,6 +17,7 @@ type fileAgent struct {
 	MaxSteps    int               `hcl:"max_steps,optional"`
 	CancelGrace hcl.Expression    `hcl:"cancel_grace,optional"`
 	MinFreeDisk hcl.Expression    `hcl:"min_free_disk,optional"`
+	MaxLogSize  hcl.Expression    `hcl:"max_log_size,optional"`
 	Retention   hcl.Expression    `hcl:"retention,optional"`
 	Name        string            `hcl:"name,optional"`
 	Pools       []string          `hcl:"pools,optional"`

@@ -54,6 +54,9 @@ type Spec struct {
 	// CancelGrace is how long the runner waits after passing TERM to the
 	// script before it KILLs the script's process group.
 	CancelGrace Duration `json:"cancel_grace"`
+	// LogLimit bounds the bytes of the script's output kept in output.log,
+	// so that a runaway step cannot fill the worker's disk; 0: no bound.
+	LogLimit int64 `json:"log_limit,omitempty"`
 }
 
 // Variable is a name and value given to the script.

@@ -14,6 +14,9 @@ bundle       = "/opt/stevedore/bundle"
 max_steps    = 4
 cancel_grace = "10s"
 min_free_disk = "1GiB"
+# Bytes of a step's own output kept in its log; past it the output is
+# counted, not kept, and the log says so. Default: no bound.
+max_log_size = "2GiB"
 # How long a completed step no client collected keeps its container and
 # workspace (and a collected one its journal tombstone).
 retention = "12h"
