@@ -126,10 +126,7 @@ type SubmitBody struct {
 
 func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 	var body SubmitBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSubmitBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, maxSubmitBytes, &body) {
 		return
 	}
 	if len(body.Step) == 0 {
@@ -324,10 +321,7 @@ type RegisterWorkerBody struct {
 
 func (s *Server) apiRegisterWorker(w http.ResponseWriter, r *http.Request) {
 	var body RegisterWorkerBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
 	err := s.RegisterListening(body.Name, body.Address, body.Thumbprint)
@@ -348,10 +342,7 @@ type TrustBody struct {
 
 func (s *Server) apiTrust(w http.ResponseWriter, r *http.Request) {
 	var body TrustBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
 	tp, err := s.Trust(body.Thumbprint)
@@ -368,6 +359,18 @@ func (s *Server) apiDistrust(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// decodeBody decodes a request's JSON body, at most limit bytes and no
+// unknown fields, into v; when it cannot, it answers 400 and returns false.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return false
+	}
+	return true
 }
 
 func uintParam(v string, def uint64) (uint64, error) {
