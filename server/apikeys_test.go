@@ -138,8 +138,8 @@ func TestAPIKeyRoles(t *testing.T) {
 }
 
 // A key's life: its secret shown once, listed without it, its last use
-// written at most once a minute, and refused at the very next request once
-// revoked.
+// written at most once a minute, its submissions recorded as its own, and
+// refused at the very next request once revoked.
 func TestAPIKeyLifecycle(t *testing.T) {
 	e := newEnv(t)
 	admin := e.api()
@@ -209,10 +209,21 @@ func TestAPIKeyLifecycle(t *testing.T) {
 		}
 	}
 
+	// Who submitted.
+	byKey := key.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	byAdmin := admin.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	for id, want := range map[string]string{byKey.ID: "key:ci", byAdmin.ID: adminUser} {
+		code, raw := key.do("GET", "/api/steps/"+id, nil)
+		var v server.StepView
+		if code != http.StatusOK || json.Unmarshal(raw, &v) != nil || v.SubmittedBy != want {
+			t.Errorf("step %s: %d %s, want submitted_by %q", id, code, raw, want)
+		}
+	}
+
 	// Keys outlive a restart.
 	e.stop()
 	e.start("127.0.0.1:0")
-	if code, raw := key.do("GET", "/api/steps", nil); code != http.StatusOK {
+	if code, raw := key.do("GET", "/api/steps/"+byKey.ID, nil); code != http.StatusOK {
 		t.Fatalf("after a restart: %d %s", code, raw)
 	}
 	// Revoked: refused at once, right after a successful request.

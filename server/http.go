@@ -206,7 +206,7 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
 		return
 	}
-	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key})
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, ErrNoTarget) {
