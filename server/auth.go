@@ -42,6 +42,18 @@ type credential struct {
 type authCache struct {
 	mu sync.Mutex
 	ok map[[32]byte]time.Time
+	// keyUsed is when each API key's (by its hash) last use was written.
+	keyUsed map[[32]byte]time.Time
+	// now replaces time.Now for the keys' times in tests.
+	now func() time.Time
+}
+
+// clock is now, or time.Now; the caller holds mu.
+func (c *authCache) clock() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
 }
 
 // deriving bounds the PBKDF2 derivations running at once, so a flood of

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -25,47 +26,60 @@ const maxSubmitBytes = 64 << 20
 // maxLogWait bounds a log request's long poll.
 const maxLogWait = 60 * time.Second
 
-// Handler is the HTTP API (JSON). Every route but /healthz and /metrics needs the admin
-// credentials (HTTP Basic); without them the answer is 401.
+// Handler is the HTTP API (JSON). Every route but /healthz and /metrics needs
+// credentials: an API key ("Authorization: Bearer KEY") or the admin's
+// username and password (HTTP Basic); without them the answer is 401. Each
+// route needs a role (reader, submitter or admin, each allowed what the
+// ones before it are); a key without it gets 403. The admin user is admin.
 //
 //	GET  /healthz                          200 "ok"
-//	GET  /api/trust                        the agent thumbprints admitted
-//	POST /api/trust                        {"thumbprint"}: admit polling agents with it (durable);
-//	                                       also with "Authorization: Bearer REGISTRATION_TOKEN"
-//	DELETE /api/trust/{thumbprint}         stop admitting it; its connections are closed
-//	GET  /api/workers                      the workers and their state
-//	POST /api/workers                      {"name","address","thumbprint"}: register a listening worker
-//	GET  /api/steps                        every step (?state=queued|running|complete)
-//	POST /api/steps                        {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
-//	GET  /api/steps/{id}                   the step
-//	GET  /api/steps/{id}/log               ?after=N&max=N&wait=30s: lines after N, long-polled
-//	GET  /api/steps/{id}/log?format=text   the log as text; &follow=true streams it to the end
-//	GET  /api/steps/{id}/artifacts/{name}  an artifact's content
-//	POST /api/steps/{id}/cancel            cancel the step
+//	GET  /api/trust                        admin      the agent thumbprints admitted
+//	POST /api/trust                        admin      {"thumbprint"}: admit polling agents with it (durable);
+//	                                                  also with "Authorization: Bearer REGISTRATION_TOKEN"
+//	DELETE /api/trust/{thumbprint}         admin      stop admitting it; its connections are closed
+//	GET  /api/workers                      reader     the workers and their state
+//	POST /api/workers                      admin      {"name","address","thumbprint"}: register a listening worker
+//	GET  /api/steps                        reader     every step (?state=queued|running|complete)
+//	POST /api/steps                        submitter  {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
+//	GET  /api/steps/{id}                   reader     the step
+//	GET  /api/steps/{id}/log               reader     ?after=N&max=N&wait=30s: lines after N, long-polled
+//	GET  /api/steps/{id}/log?format=text   reader     the log as text; &follow=true streams it to the end
+//	GET  /api/steps/{id}/artifacts/{name}  reader     an artifact's content
+//	POST /api/steps/{id}/cancel            submitter  cancel the step
+//	GET  /api/keys                         admin      the API keys, without their secrets
+//	POST /api/keys                         admin      {"name","role"}: a new key; its secret is in this answer only
+//	DELETE /api/keys/{id}                  admin      revoke the key at once
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", s.MetricsHandler()) // no credentials, as Prometheus scrapes
 	api := http.NewServeMux()
-	api.HandleFunc("GET /api/workers", s.apiWorkers)
-	api.HandleFunc("POST /api/workers", s.apiRegisterWorker)
-	api.HandleFunc("GET /api/steps", s.apiSteps)
-	api.HandleFunc("POST /api/steps", s.apiSubmit)
-	api.HandleFunc("GET /api/steps/{id}", s.apiStep)
-	api.HandleFunc("GET /api/steps/{id}/log", s.apiLog)
-	api.HandleFunc("GET /api/steps/{id}/artifacts/{name}", s.apiArtifact)
-	api.HandleFunc("POST /api/steps/{id}/cancel", s.apiCancel)
-	api.HandleFunc("GET /api/trust", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Trusted()) })
-	api.HandleFunc("DELETE /api/trust/{thumbprint}", s.apiDistrust)
-	mux.Handle("/api/", s.authenticated(api))
-	// More specific than /api/: the admin, or an agent with the
-	// registration token, may add a thumbprint.
-	mux.Handle("POST /api/trust", s.registering(http.HandlerFunc(s.apiTrust), s.authenticated(http.HandlerFunc(s.apiTrust))))
+	route := func(pattern string, need Role, h http.HandlerFunc) { api.Handle(pattern, allowed(need, h)) }
+	route("GET /api/workers", RoleReader, s.apiWorkers)
+	route("POST /api/workers", RoleAdmin, s.apiRegisterWorker)
+	route("GET /api/steps", RoleReader, s.apiSteps)
+	route("POST /api/steps", RoleSubmitter, s.apiSubmit)
+	route("GET /api/steps/{id}", RoleReader, s.apiStep)
+	route("GET /api/steps/{id}/log", RoleReader, s.apiLog)
+	route("GET /api/steps/{id}/artifacts/{name}", RoleReader, s.apiArtifact)
+	route("POST /api/steps/{id}/cancel", RoleSubmitter, s.apiCancel)
+	route("GET /api/trust", RoleAdmin, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Trusted()) })
+	route("POST /api/trust", RoleAdmin, s.apiTrust)
+	route("DELETE /api/trust/{thumbprint}", RoleAdmin, s.apiDistrust)
+	route("GET /api/keys", RoleAdmin, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.APIKeys()) })
+	route("POST /api/keys", RoleAdmin, s.apiCreateKey)
+	route("DELETE /api/keys/{id}", RoleAdmin, s.apiRevokeKey)
+	authed := s.authenticated(api)
+	mux.Handle("/api/", authed)
+	// More specific than /api/: an agent with the registration token may
+	// add a thumbprint too.
+	mux.Handle("POST /api/trust", s.registering(http.HandlerFunc(s.apiTrust), authed))
 	return mux
 }
 
 // registering serves a request bearing the registration token with next,
-// and any other with otherwise.
+// and any other with otherwise. An API key is never taken for the token:
+// it goes to otherwise, whatever its role.
 func (s *Server) registering(next, otherwise http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -73,28 +87,82 @@ func (s *Server) registering(next, otherwise http.Handler) http.Handler {
 			otherwise.ServeHTTP(w, r)
 			return
 		}
-		if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.RegistrationToken)) != 1 {
-			s.log.Warn("registration with a bad token", "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="stevedore"`)
-			apiError(w, http.StatusUnauthorized, errors.New("bad registration token"))
+		if subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.RegistrationToken)) == 1 {
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		if strings.HasPrefix(token, APIKeyPrefix) {
+			otherwise.ServeHTTP(w, r)
+			return
+		}
+		s.log.Warn("registration with a bad token", "remote", r.RemoteAddr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="stevedore"`)
+		apiError(w, http.StatusUnauthorized, errors.New("bad registration token"))
 	})
 }
 
+// principal is who made a request, and their role.
+type principal struct {
+	// Name is the admin's username, or "key:NAME" for an API key.
+	Name string
+	Role Role
+}
+
+type principalKey struct{}
+
+// errNoCredentials: the request has neither a bearer token nor Basic auth.
+var errNoCredentials = errors.New("authentication required: an API key (Authorization: Bearer KEY) or the admin username and password (HTTP Basic)")
+
+// authenticated serves next with the request's principal in its context,
+// or answers 401.
 func (s *Server) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		user, pass, ok := r.BasicAuth()
-		if !ok || s.Authenticate(user, pass) != nil {
-			if ok {
-				s.log.Warn("api request with bad credentials", "remote", r.RemoteAddr, "username", user, "path", r.URL.Path)
-			}
-			w.Header().Set("WWW-Authenticate", `Basic realm="stevedore", charset="UTF-8"`)
-			apiError(w, http.StatusUnauthorized, errors.New("authentication required: the admin username and password (HTTP Basic)"))
+		p, err := s.authenticate(r)
+		if err != nil {
+			w.Header().Add("WWW-Authenticate", `Basic realm="stevedore", charset="UTF-8"`)
+			w.Header().Add("WWW-Authenticate", `Bearer realm="stevedore"`)
+			apiError(w, http.StatusUnauthorized, err)
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+func (s *Server) authenticate(r *http.Request) (principal, error) {
+	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		k, err := s.AuthenticateKey(token)
+		if err != nil {
+			s.log.Warn("api request with a bad key", "remote", r.RemoteAddr, "path", r.URL.Path)
+			return principal{}, err
+		}
+		return principal{Name: "key:" + k.Name, Role: k.Role}, nil
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		return principal{}, errNoCredentials
+	}
+	if err := s.Authenticate(user, pass); err != nil {
+		s.log.Warn("api request with bad credentials", "remote", r.RemoteAddr, "username", user, "path", r.URL.Path)
+		return principal{}, err
+	}
+	return principal{Name: user, Role: RoleAdmin}, nil
+}
+
+// principalOf is the request's principal, put there by authenticated.
+func principalOf(r *http.Request) principal {
+	p, _ := r.Context().Value(principalKey{}).(principal)
+	return p
+}
+
+// allowed serves next if the request's principal has the role need, and
+// answers 403 otherwise.
+func allowed(need Role, next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := principalOf(r); !p.Role.allows(need) {
+			apiError(w, http.StatusForbidden, fmt.Errorf("%s %s needs the %s role; %s has the %s role", r.Method, r.URL.Path, need, p.Name, p.Role))
+			return
+		}
+		next(w, r)
 	})
 }
 
@@ -126,10 +194,7 @@ type SubmitBody struct {
 
 func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 	var body SubmitBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSubmitBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, maxSubmitBytes, &body) {
 		return
 	}
 	if len(body.Step) == 0 {
@@ -141,7 +206,7 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
 		return
 	}
-	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key})
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, ErrNoTarget) {
@@ -324,10 +389,7 @@ type RegisterWorkerBody struct {
 
 func (s *Server) apiRegisterWorker(w http.ResponseWriter, r *http.Request) {
 	var body RegisterWorkerBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
 	err := s.RegisterListening(body.Name, body.Address, body.Thumbprint)
@@ -348,10 +410,7 @@ type TrustBody struct {
 
 func (s *Server) apiTrust(w http.ResponseWriter, r *http.Request) {
 	var body TrustBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
 	tp, err := s.Trust(body.Thumbprint)
@@ -368,6 +427,54 @@ func (s *Server) apiDistrust(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// CreateKeyBody is the body of POST /api/keys.
+type CreateKeyBody struct {
+	Name string `json:"name"`
+	Role Role   `json:"role"`
+}
+
+func (s *Server) apiCreateKey(w http.ResponseWriter, r *http.Request) {
+	var body CreateKeyBody
+	if !decodeBody(w, r, 1<<20, &body) {
+		return
+	}
+	k, err := s.CreateAPIKey(body.Name, body.Role)
+	switch {
+	case errors.Is(err, ErrKeyExists):
+		apiError(w, http.StatusConflict, err)
+	case errors.Is(err, ErrBadKeyName), errors.Is(err, ErrBadRole):
+		apiError(w, http.StatusBadRequest, err)
+	case err != nil:
+		apiError(w, http.StatusInternalServerError, err)
+	default:
+		writeJSON(w, http.StatusCreated, k)
+	}
+}
+
+func (s *Server) apiRevokeKey(w http.ResponseWriter, r *http.Request) {
+	err := s.RevokeAPIKey(r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		apiError(w, http.StatusNotFound, err)
+	case err != nil:
+		apiError(w, http.StatusInternalServerError, err)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// decodeBody decodes a request's JSON body, at most limit bytes and no
+// unknown fields, into v; when it cannot, it answers 400 and returns false.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("body: %w", err))
+		return false
+	}
+	return true
 }
 
 func uintParam(v string, def uint64) (uint64, error) {

@@ -24,6 +24,8 @@ type api struct {
 	t          testing.TB
 	base       string
 	user, pass string
+	// token, when set, is sent as a bearer token instead of user and pass.
+	token string
 }
 
 func (e *env) api() *api {
@@ -46,7 +48,9 @@ func (a *api) do(method, path string, body any) (int, []byte) {
 		r = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, a.base+path, r)
-	if a.user != "" {
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	} else if a.user != "" {
 		req.SetBasicAuth(a.user, a.pass)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -345,11 +349,8 @@ func TestAPIQueuedStepSaysWhy(t *testing.T) {
 func TestRegistrationToken(t *testing.T) {
 	e := newEnv(t)
 	e.stop()
-	var err error
-	e.srv, err = server.New(server.Config{DataDir: e.dir + "/server", Identity: e.id, Trust: e.trust, Logger: e.log, RegistrationToken: "join-the-pool"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.regToken = "join-the-pool"
+	e.start("127.0.0.1:0")
 	a := e.api()
 	newcomer := strings.Repeat("ab", 32)
 	cases := []struct {

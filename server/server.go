@@ -70,6 +70,8 @@ type StepRecord struct {
 	ID     string `json:"id"`
 	Worker string `json:"worker,omitempty"` // asked for
 	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
+	// SubmittedBy is who submitted it: the admin's username, or "key:NAME".
+	SubmittedBy string `json:"submitted_by,omitempty"`
 	// Image is a container step's image; such a step goes only to a
 	// worker whose Docker Engine is available.
 	Image string `json:"image,omitempty"`
@@ -192,7 +194,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -323,6 +325,8 @@ type SubmitRequest struct {
 	// Key, when set, makes the submission idempotent: a second submission
 	// with the same key returns the first one's step.
 	Key string
+	// SubmittedBy is recorded in the step (StepRecord.SubmittedBy).
+	SubmittedBy string
 }
 
 // Submit records a step durably and queues it. The step's ticket on the
@@ -345,7 +349,7 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if err != nil {
 		return StepRecord{}, err
 	}
-	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Image: step.GetExecution().GetContainer().GetImage(),
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
 		Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -376,7 +380,7 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 		}
 		return StepRecord{}, fmt.Errorf("%w: %s (submission key %q)", ErrUnknownStep, existing, req.Key)
 	}
-	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool)
+	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool, "submitted_by", req.SubmittedBy)
 	s.metrics.submitted.Inc()
 	s.kick()
 	return rec, nil

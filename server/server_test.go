@@ -42,6 +42,8 @@ type env struct {
 	lis     net.Listener
 	log     hclog.Logger
 	agentID *transport.Identity
+	// regToken is the registration token of the servers start makes.
+	regToken string
 }
 
 func newEnv(t testing.TB) *env {
@@ -60,7 +62,7 @@ func (e *env) start(addr string) {
 	t := e.t
 	var err error
 	e.srv, err = server.New(server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log,
-		AdminUsername: adminUser, AdminPassword: adminPassword})
+		AdminUsername: adminUser, AdminPassword: adminPassword, RegistrationToken: e.regToken})
 	if err != nil {
 		t.Fatal(err)
 	}

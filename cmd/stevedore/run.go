@@ -41,6 +41,8 @@ type runOptions struct {
 	syntax, resultFile, script, scriptFile  string
 	// Through a server (--server) instead of an agent.
 	server, pool, worker, user, password, serverThumbprint string
+	// token is an API key, sent as a bearer token instead of user and password.
+	token string
 }
 
 func newRunCommand() *cobra.Command {
@@ -57,7 +59,9 @@ could not run.
 With --server URL (a stevedore server's HTTP API) and --pool or --worker, the
 step is submitted to the server instead, which queues it and runs it on a
 worker; the output, result file and exit codes are the same. Credentials:
---user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD.`,
+an API key with the submitter role, --token or STEVEDORE_TOKEN; or the
+admin's --user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD.
+A token, when given, is used instead of the username and password.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runStep(cmd, &o) },
 	}
@@ -82,6 +86,7 @@ worker; the output, result file and exit codes are the same. Credentials:
 	f.StringVar(&o.worker, "worker", "", "with --server: run on this worker")
 	f.StringVar(&o.user, "user", "", "with --server: the API username (env STEVEDORE_USER)")
 	f.StringVar(&o.password, "password", "", "with --server: the API password (env STEVEDORE_PASSWORD)")
+	f.StringVar(&o.token, "token", "", "with --server: an API key, instead of --user and --password (env STEVEDORE_TOKEN)")
 	cmd.MarkFlagsMutuallyExclusive("script", "script-file")
 	cmd.MarkFlagsMutuallyExclusive("server", "agent")
 	cmd.MarkFlagsMutuallyExclusive("pool", "worker")

@@ -39,8 +39,11 @@ type apiStatusError struct {
 }
 
 func (e *apiStatusError) Error() string {
-	if e.code == http.StatusUnauthorized {
+	switch e.code {
+	case http.StatusUnauthorized:
 		return "the server refused the credentials: " + e.msg
+	case http.StatusForbidden:
+		return "the credentials do not allow this: " + e.msg
 	}
 	return fmt.Sprintf("server answered %d: %s", e.code, e.msg)
 }
@@ -122,7 +125,7 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if err != nil {
 		return exitCodeError{exitCannotRun, err}
 	}
-	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, http: hc}
+	c := &apiClient{base: strings.TrimRight(o.server, "/"), user: o.user, pass: o.password, token: o.token, http: hc}
 	step, err := protojson.Marshal(req)
 	if err != nil {
 		return err
@@ -134,7 +137,7 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if err := retryAPI(ctx, func() error { return c.call(ctx, "POST", "/api/steps", body, &v) }); err != nil {
 		var se *apiStatusError
 		if errors.As(err, &se) && se.code == http.StatusUnauthorized {
-			err = fmt.Errorf("%w (give --user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD)", err)
+			err = fmt.Errorf("%w (give --token or STEVEDORE_TOKEN, or --user and --password, or STEVEDORE_USER and STEVEDORE_PASSWORD)", err)
 		}
 		return exitCodeError{exitCannotRun, fmt.Errorf("submit to %s: %w", o.server, err)}
 	}

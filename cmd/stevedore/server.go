@@ -52,6 +52,11 @@ ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
 generated and written to DATA_DIR/admin-password. MASTER_KEY (base64 of 16
 bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
 
+The admin creates API keys (POST /api/keys {"name","role"}) for CI systems
+and dashboards, which send them as bearer tokens: role reader reads steps,
+logs, artifacts and workers; submitter also submits and cancels steps;
+admin may do everything.
+
 STEVEDORE_REGISTRATION_TOKEN lets agents trust themselves: an agent started
 with --register URL and the same token adds its own thumbprint (and can do
 nothing else with it), so identical cloud workers join without --trust.

@@ -272,23 +272,31 @@ func runCases(t *testing.T, s *serverSetup, common []string, cases []runCase) {
 	t.Helper()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
 			args := append([]string{"run", "--server", s.url(), "--user", testAdmin, "--password", c.password}, common...)
-			run := exec.Command(testenv.Binary(t), append(args, c.args...)...)
-			run.Stdout, run.Stderr = &stdout, &stderr
-			err := run.Run()
-			code := 0
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				code = ee.ExitCode()
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			if code != c.code || !strings.Contains(stdout.String(), c.stdout) {
-				t.Errorf("exit %d, stdout %q; want %d and %q\nstderr: %s", code, stdout.String(), c.code, c.stdout, stderr.String())
+			code, stdout, stderr := runStevedore(t, nil, append(args, c.args...)...)
+			if code != c.code || !strings.Contains(stdout, c.stdout) {
+				t.Errorf("exit %d, stdout %q; want %d and %q\nstderr: %s", code, stdout, c.code, c.stdout, stderr)
 			}
 		})
 	}
+}
+
+// runStevedore runs the stevedore binary to its end, with more
+// environment variables, and returns its exit code and output.
+func runStevedore(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := exec.Command(testenv.Binary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errOut.String()
 }
 
 func taskLogLines(t *testing.T, dataDir string) int {
@@ -352,5 +360,55 @@ func TestRunThroughServerInterruptCancels(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 9 || !strings.Contains(stdout.String(), "got TERM") {
 		t.Fatalf("run: %v, want the script's exit code 9\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+}
+
+// `stevedore run --server` with an API key, by --token or STEVEDORE_TOKEN,
+// instead of the admin's password: a submitter's key runs the step, which
+// is recorded as the key's; a reader's key is not allowed to submit and an
+// unknown key is refused, each at once with 125 and saying why.
+func TestRunThroughServerWithAPIKey(t *testing.T) {
+	s := newServerSetup(t, "--builtin-worker")
+	s.start(t)
+	admin := &apiClient{base: s.url(), user: testAdmin, pass: testPassword, http: http.DefaultClient}
+	key := func(name string, role server.Role) string {
+		var k server.NewAPIKey
+		if err := admin.call(t.Context(), "POST", "/api/keys", server.CreateKeyBody{Name: name, Role: role}, &k); err != nil {
+			t.Fatal(err)
+		}
+		return k.Key
+	}
+	ci, dashboard := key("ci", server.RoleSubmitter), key("dashboard", server.RoleReader)
+	cases := []struct {
+		name           string
+		env, args      []string
+		code           int
+		stdout, stderr string
+	}{
+		{"--token", nil, []string{"--token", ci, "--script", "echo with a key"}, 0, "with a key", ""},
+		{"STEVEDORE_TOKEN", []string{"STEVEDORE_TOKEN=" + ci}, []string{"--script", "echo from the environment"}, 0, "from the environment", ""},
+		{"the token over a wrong password", nil, []string{"--user", testAdmin, "--password", "wrong", "--token", ci, "--script", "echo token"}, 0, "token", ""},
+		{"a reader's key", nil, []string{"--token", dashboard, "--script", "true"}, exitCannotRun, "", "needs the submitter role"},
+		{"an unknown key", nil, []string{"--token", server.APIKeyPrefix + "nope", "--script", "true"}, exitCannotRun, "", "refused the credentials"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, stdout, stderr := runStevedore(t, c.env, append([]string{"run", "--server", s.url(), "--pool", "builtin"}, c.args...)...)
+			if code != c.code || !strings.Contains(stdout, c.stdout) || !strings.Contains(stderr, c.stderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, %q and %q", code, stdout, stderr, c.code, c.stdout, c.stderr)
+			}
+		})
+	}
+	var steps []server.StepView
+	if err := admin.call(t.Context(), "GET", "/api/steps", nil, &steps); err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 3 {
+		t.Fatalf("%d steps, want the 3 submitted with the key", len(steps))
+	}
+	for _, v := range steps {
+		if v.SubmittedBy != "key:ci" || v.Outcome != "SUCCEEDED" {
+			t.Errorf("step %s: submitted by %q, outcome %s; want key:ci, SUCCEEDED", v.ID, v.SubmittedBy, v.Outcome)
+		}
 	}
 }

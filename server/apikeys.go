@@ -1,0 +1,249 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// apiKeysBucket maps the SHA-256 of an API key's secret to the key's
+// record (APIKey, JSON): a request's key is found with one lookup.
+var apiKeysBucket = []byte("api-keys")
+
+// APIKeyPrefix begins every API key's secret, so that one is recognised in
+// a configuration or a leaked log, and is never taken for the
+// registration token.
+const APIKeyPrefix = "sdk_"
+
+// keyUseInterval is how often, at most, a key's last use is written: a
+// client following a log makes many requests, and each write is an fsync.
+const keyUseInterval = time.Minute
+
+// Role is what an API client may do. Each role may do all that the roles
+// before it may: reader, then submitter, then admin.
+type Role string
+
+const (
+	// RoleReader reads steps, their logs and artifacts, and the workers.
+	RoleReader Role = "reader"
+	// RoleSubmitter also submits and cancels steps.
+	RoleSubmitter Role = "submitter"
+	// RoleAdmin may do everything: keys, trust, workers' registration.
+	RoleAdmin Role = "admin"
+)
+
+func (r Role) rank() int {
+	switch r {
+	case RoleReader:
+		return 1
+	case RoleSubmitter:
+		return 2
+	case RoleAdmin:
+		return 3
+	}
+	return 0
+}
+
+// allows reports whether r may use a route that needs the role need.
+func (r Role) allows(need Role) bool { return r.rank() > 0 && r.rank() >= need.rank() }
+
+// Errors of the API keys; test with errors.Is.
+var (
+	ErrBadKeyName = errors.New("bad key name")
+	ErrBadRole    = errors.New("bad role")
+	ErrKeyExists  = errors.New("a key with that name exists")
+	ErrUnknownKey = errors.New("unknown key")
+	// ErrBadKey: no key has this secret (never had, or revoked).
+	ErrBadKey = errors.New("unknown or revoked API key")
+)
+
+// keyName keeps names plain: they appear in step records ("key:NAME") and logs.
+var keyName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// APIKey is an API key as the API lists it: never its secret.
+type APIKey struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Role       Role      `json:"role"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
+}
+
+// NewAPIKey is a key just created, with its secret: the only time the
+// secret is shown.
+type NewAPIKey struct {
+	APIKey
+	Key string `json:"key"`
+}
+
+// CreateAPIKey makes a key with a new secret. Names are unique.
+func (s *Server) CreateAPIKey(name string, role Role) (NewAPIKey, error) {
+	if !keyName.MatchString(name) {
+		return NewAPIKey{}, fmt.Errorf("%w %q: want 1 to 64 letters, digits, '.', '_' or '-', beginning with a letter or digit", ErrBadKeyName, name)
+	}
+	if role.rank() == 0 {
+		return NewAPIKey{}, fmt.Errorf("%w %q: want %s, %s or %s", ErrBadRole, role, RoleAdmin, RoleSubmitter, RoleReader)
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return NewAPIKey{}, err
+	}
+	idBytes := make([]byte, 8)
+	if _, err := rand.Read(idBytes); err != nil {
+		return NewAPIKey{}, err
+	}
+	nk := NewAPIKey{
+		APIKey: APIKey{ID: "k" + hex.EncodeToString(idBytes), Name: name, Role: role, CreatedAt: s.clock().UTC()},
+		Key:    APIKeyPrefix + base64.RawURLEncoding.EncodeToString(secret),
+	}
+	// A plain SHA-256 suffices, unlike the admin's password (PBKDF2): the
+	// secret is 256 random bits, so there is no dictionary to try against
+	// a stolen database, and a fast hash keeps each request cheap.
+	hash := sha256.Sum256([]byte(nk.Key))
+	v, err := json.Marshal(nk.APIKey)
+	if err != nil {
+		return NewAPIKey{}, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(apiKeysBucket)
+		if err := b.ForEach(func(_, v []byte) error {
+			var k APIKey
+			if json.Unmarshal(v, &k) == nil && k.Name == name {
+				return ErrKeyExists
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		return b.Put(hash[:], v)
+	})
+	if err != nil {
+		return NewAPIKey{}, fmt.Errorf("api key %s: %w", name, err)
+	}
+	s.log.Info("api key created", "key_id", nk.ID, "name", name, "role", role)
+	return nk, nil
+}
+
+// APIKeys lists the keys, oldest first.
+func (s *Server) APIKeys() []APIKey {
+	out := []APIKey{}
+	s.each(apiKeysBucket, func(v []byte) error {
+		var k APIKey
+		if json.Unmarshal(v, &k) == nil {
+			out = append(out, k)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out
+}
+
+// RevokeAPIKey deletes the key id; the next request with it is refused.
+func (s *Server) RevokeAPIKey(id string) error {
+	var hash []byte
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(apiKeysBucket)
+		if err := b.ForEach(func(h, v []byte) error {
+			var k APIKey
+			if hash == nil && json.Unmarshal(v, &k) == nil && k.ID == id {
+				hash = append([]byte(nil), h...)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if hash == nil {
+			return fmt.Errorf("%w: %s", ErrUnknownKey, id)
+		}
+		return b.Delete(hash)
+	})
+	if err != nil {
+		return err
+	}
+	s.auth.mu.Lock()
+	delete(s.auth.keyUsed, [32]byte(hash))
+	s.auth.mu.Unlock()
+	s.log.Info("api key revoked", "key_id", id)
+	return nil
+}
+
+// AuthenticateKey returns the key whose secret this is, and notes its use.
+// Nothing is cached: a bbolt read is a lookup in memory-mapped pages, and
+// reading the database every time is what makes a revocation take effect
+// at the very next request.
+func (s *Server) AuthenticateKey(secret string) (APIKey, error) {
+	if !strings.HasPrefix(secret, APIKeyPrefix) {
+		return APIKey{}, ErrBadKey
+	}
+	hash := sha256.Sum256([]byte(secret))
+	var k APIKey
+	found := false
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(apiKeysBucket).Get(hash[:]); v != nil {
+			found = json.Unmarshal(v, &k) == nil
+		}
+		return nil
+	})
+	if !found {
+		return APIKey{}, ErrBadKey
+	}
+	s.noteKeyUse(hash, k)
+	return k, nil
+}
+
+// noteKeyUse writes the key's last use when the one stored is older than
+// keyUseInterval. A failed write is logged, not the request's failure.
+func (s *Server) noteKeyUse(hash [32]byte, k APIKey) {
+	s.auth.mu.Lock()
+	now := s.auth.clock()
+	last, ok := s.auth.keyUsed[hash]
+	if !ok {
+		last = k.LastUsedAt
+	}
+	if now.Sub(last) < keyUseInterval {
+		s.auth.mu.Unlock()
+		return
+	}
+	if s.auth.keyUsed == nil {
+		s.auth.keyUsed = map[[32]byte]time.Time{}
+	}
+	s.auth.keyUsed[hash] = now
+	s.auth.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(apiKeysBucket)
+		v := b.Get(hash[:])
+		if v == nil {
+			return nil // revoked meanwhile: not brought back
+		}
+		var k APIKey
+		if err := json.Unmarshal(v, &k); err != nil {
+			return err
+		}
+		k.LastUsedAt = now.UTC()
+		v, err := json.Marshal(k)
+		if err != nil {
+			return err
+		}
+		return b.Put(hash[:], v)
+	})
+	if err != nil {
+		s.log.Warn("cannot record an api key's use", "key_id", k.ID, "error", err)
+	}
+}
+
+// clock is the time the keys are stamped with.
+func (s *Server) clock() time.Time {
+	s.auth.mu.Lock()
+	defer s.auth.mu.Unlock()
+	return s.auth.clock()
+}
