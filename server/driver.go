@@ -57,7 +57,7 @@ func (s *Server) dispatch() {
 			continue
 		}
 		s.log.Info("step dispatched", "step", rec.ID, "worker", w.rec.Name)
-		go s.drive(rec)
+		go s.drive(rec, false)
 	}
 }
 
@@ -134,8 +134,11 @@ func (s *Server) waitingFor(id string) string {
 // drive runs a dispatched step on its worker to the end: StartStep (by
 // ticket, so repeating it never runs the step twice), GetStatus from the
 // cursor, each batch stored in the task log before the cursor moves, then
-// artifacts and CompleteStep. A lost connection waits for the worker's next.
-func (s *Server) drive(rec StepRecord) {
+// artifacts and CompleteStep. A lost connection waits for the worker's
+// next, up to Config.WorkerLostAfter; then a step that was never sent is
+// queued again, and one that may have been ends LOST. resumed: an earlier
+// server process drove the step, and may have sent it.
+func (s *Server) drive(rec StepRecord, resumed bool) {
 	log := s.log.With("step", rec.ID, "worker", rec.Assigned)
 	s.mu.Lock()
 	w := s.workers[rec.Assigned]
@@ -180,9 +183,18 @@ func (s *Server) drive(rec StepRecord) {
 	// The file is the truth: lines stored before a crash moved the cursor
 	// are not asked for again.
 	rec.Cursor = max(rec.Cursor, tl.last)
-	started, cancelSent := false, false
+	started, cancelSent, sent := false, false, resumed
 	for s.ctx.Err() == nil {
-		client, done, err := w.waitClient(s.ctx)
+		client, done, err := w.waitClient(s.ctx, s.cfg.WorkerLostAfter)
+		if errors.Is(err, errWorkerGone) {
+			if !sent {
+				s.requeue(rec, err) // the deferred release lets dispatch see it
+				return
+			}
+			s.abandon(rec)
+			finish(rec, nil, "LOST", err.Error()+": how the step ended is unknown")
+			return
+		}
 		if err != nil {
 			return
 		}
@@ -204,6 +216,7 @@ func (s *Server) drive(rec StepRecord) {
 			log.Info("step cancelled on its worker")
 		}
 		if !started {
+			sent = true
 			if _, err := client.StartStep(s.ctx, req); err != nil {
 				if retryable(err) {
 					s.pause(done)

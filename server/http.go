@@ -39,6 +39,7 @@ const maxLogWait = 60 * time.Second
 //	DELETE /api/trust/{thumbprint}         admin      stop admitting it; its connections are closed
 //	GET  /api/workers                      reader     the workers and their state
 //	POST /api/workers                      admin      {"name","address","thumbprint"}: register a listening worker
+//	DELETE /api/workers/{name}             admin      forget a worker that is not connected; its steps end LOST
 //	GET  /api/steps                        reader     every step (?state=queued|running|complete)
 //	POST /api/steps                        submitter  {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
 //	GET  /api/steps/{id}                   reader     the step
@@ -57,6 +58,7 @@ func (s *Server) Handler() http.Handler {
 	route := func(pattern string, need Role, h http.HandlerFunc) { api.Handle(pattern, allowed(need, h)) }
 	route("GET /api/workers", RoleReader, s.apiWorkers)
 	route("POST /api/workers", RoleAdmin, s.apiRegisterWorker)
+	route("DELETE /api/workers/{name}", RoleAdmin, s.apiForgetWorker)
 	route("GET /api/steps", RoleReader, s.apiSteps)
 	route("POST /api/steps", RoleSubmitter, s.apiSubmit)
 	route("GET /api/steps/{id}", RoleReader, s.apiStep)

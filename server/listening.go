@@ -55,6 +55,16 @@ func (s *Server) RegisterListening(name, addr, thumbprint string) error {
 // is ready and its capabilities are known.
 func (s *Server) keepListening(w *worker) {
 	log := s.log.With("worker", w.rec.Name, "address", w.rec.Address)
+	// Until the server stops or the worker is forgotten.
+	ctx, stop := context.WithCancel(s.ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-w.gone:
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	conn, err := transport.Dial(w.rec.Address, s.cfg.Identity, w.rec.Thumbprint)
 	if err != nil {
 		log.Error("cannot dial the listening worker", "error", err)
@@ -62,15 +72,15 @@ func (s *Server) keepListening(w *worker) {
 	}
 	defer conn.Close()
 	client := pb.NewAgentClient(conn)
-	for s.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-		caps, err := client.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{}, grpc.WaitForReady(true))
+	for ctx.Err() == nil {
+		askCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		caps, err := client.GetCapabilities(askCtx, &pb.GetCapabilitiesRequest{}, grpc.WaitForReady(true))
 		cancel()
 		if err != nil {
 			log.Debug("listening worker not reachable yet", "error", err)
 			select {
 			case <-time.After(2 * time.Second):
-			case <-s.ctx.Done():
+			case <-ctx.Done():
 			}
 			continue
 		}
@@ -79,7 +89,7 @@ func (s *Server) keepListening(w *worker) {
 		log.Info("worker connected", "slots", caps.GetMaxConcurrentSteps(), "pools", caps.GetPools())
 		// Connected until the connection leaves READY.
 		for conn.GetState() == connectivity.Ready || conn.GetState() == connectivity.Idle {
-			if !conn.WaitForStateChange(s.ctx, conn.GetState()) {
+			if !conn.WaitForStateChange(ctx, conn.GetState()) {
 				break
 			}
 		}

@@ -48,6 +48,10 @@ var (
 	// keysBucket maps a client's submission key to its step, so that a
 	// submission retried after a lost reply does not run the step twice.
 	keysBucket = []byte("submission-keys")
+	// abandonedBucket maps the steps ended LOST while their worker was
+	// away to that worker: when it returns they are cancelled and
+	// collected there, so nothing of them runs on unseen.
+	abandonedBucket = []byte("abandoned")
 )
 
 // Step states on the server.
@@ -136,6 +140,10 @@ type Config struct {
 	// artifacts take: beyond it the steps that completed first are
 	// removed. 0: no bound.
 	MaxStorage int64
+	// WorkerLostAfter is how long a step waits for its worker to come
+	// back (a cloud worker scaled in without a drain never does): then a
+	// step never sent is queued again and a sent one ends LOST. 0: for ever.
+	WorkerLostAfter time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
 	Logger                    hclog.Logger
@@ -194,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -260,7 +268,7 @@ func New(cfg Config) (*Server, error) {
 			if w := s.workers[rec.Assigned]; w != nil {
 				w.inflight++
 			}
-			go s.drive(rec)
+			go s.drive(rec, true)
 		}
 	}
 	go s.dispatchLoop()

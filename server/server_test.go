@@ -44,12 +44,14 @@ type env struct {
 	agentID *transport.Identity
 	// regToken is the registration token of the servers start makes.
 	regToken string
+	// opts change the configuration of the servers start makes.
+	opts []func(*server.Config)
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, opts ...func(*server.Config)) *env {
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
-	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}})}
+	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}}), opts: opts}
 	e.id, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "server"))
 	e.agentID, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "agent"))
 	e.trust, _ = transport.NewTrustList(e.agentID.Thumbprint)
@@ -61,8 +63,12 @@ func newEnv(t testing.TB) *env {
 func (e *env) start(addr string) {
 	t := e.t
 	var err error
-	e.srv, err = server.New(server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log,
-		AdminUsername: adminUser, AdminPassword: adminPassword, RegistrationToken: e.regToken})
+	cfg := server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log,
+		AdminUsername: adminUser, AdminPassword: adminPassword, RegistrationToken: e.regToken}
+	for _, o := range e.opts {
+		o(&cfg)
+	}
+	e.srv, err = server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,9 +100,39 @@ func (e *env) pollingAgentVia(name string, maxSteps int, addr string) {
 	e.pollingAgentServing(name, maxSteps, addr, func(a pb.AgentServer) pb.AgentServer { return a })
 }
 
+// pollingWorker is a polling agent a test started; its link to the server
+// can be cut and made again while the agent runs on.
+type pollingWorker struct {
+	agent *agent.Agent
+	// link dials the server and serves until its context ends.
+	link func(ctx context.Context)
+	mu   sync.Mutex
+	stop func() // ends the current link and waits for it
+}
+
+// disconnect cuts the worker off the server, as a lost network would.
+func (p *pollingWorker) disconnect() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stop != nil {
+		p.stop()
+		p.stop = nil
+	}
+}
+
+// connect (again) links the worker to the server.
+func (p *pollingWorker) connect() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.link(ctx); close(done) }()
+	p.stop = func() { cancel(); <-done }
+}
+
 // pollingAgentServing starts a real polling agent whose service wrap may
 // alter, to play an agent of another version.
-func (e *env) pollingAgentServing(name string, maxSteps int, addr string, wrap func(pb.AgentServer) pb.AgentServer) {
+func (e *env) pollingAgentServing(name string, maxSteps int, addr string, wrap func(pb.AgentServer) pb.AgentServer) *pollingWorker {
 	t := e.t
 	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
 	if err != nil {
@@ -111,11 +147,11 @@ func (e *env) pollingAgentServing(name string, maxSteps int, addr string, wrap f
 	srv := grpc.NewServer(transport.PollingServerOptions()...)
 	pb.RegisterAgentServer(srv, wrap(a))
 	pin, _ := transport.NewTrustList(e.id.Thumbprint)
-	ctx, cancel := context.WithCancel(context.Background())
 	p := &transport.Poller{Addr: addr, Identity: e.agentID, Server: pin, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Log: e.log}
-	done := make(chan struct{})
-	go func() { p.Run(ctx, srv); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; srv.Stop(); a.Close() })
+	pw := &pollingWorker{agent: a, link: func(ctx context.Context) { p.Run(ctx, srv) }}
+	pw.connect()
+	t.Cleanup(func() { pw.disconnect(); srv.Stop(); a.Close() })
+	return pw
 }
 
 func numbered(n int, sleep string) *pb.StartStepRequest {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -32,6 +33,13 @@ type worker struct {
 	inflight  int
 	// caps are the capabilities the worker last reported.
 	caps *pb.Capabilities
+	// downSince is when the worker was last seen going (or the server
+	// started without it); its steps are lost past Config.WorkerLostAfter.
+	downSince time.Time
+	// forgotten: removed through the API; its steps end at once.
+	forgotten bool
+	// gone is closed when the worker is forgotten.
+	gone chan struct{}
 }
 
 // WorkerStatus is a worker as the API shows it.
@@ -53,10 +61,12 @@ type WorkerStatus struct {
 	Incompatible    string `json:"incompatible,omitempty"`
 	Hostname        string `json:"hostname,omitempty"`
 	CachedImages    int    `json:"cached_images"`
+	// DisconnectedSince is when a worker that is not connected went away.
+	DisconnectedSince time.Time `json:"disconnected_since,omitzero"`
 }
 
 func newWorker(rec WorkerRecord) *worker {
-	return &worker{rec: rec, connected: make(chan struct{})}
+	return &worker{rec: rec, connected: make(chan struct{}), downSince: time.Now().UTC(), gone: make(chan struct{})}
 }
 
 func (w *worker) status() WorkerStatus {
@@ -68,6 +78,8 @@ func (w *worker) status() WorkerStatus {
 		ProtocolVersion: w.caps.GetProtocolVersion(), Incompatible: incompatible(w.caps)}
 	if st.Connected {
 		st.FreeSlots = max(0, w.slots-w.inflight)
+	} else {
+		st.DisconnectedSince = w.downSince
 	}
 	return st
 }
@@ -114,6 +126,7 @@ func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{},
 		s.log.Warn("worker connected, but it is given no steps", "worker", w.rec.Name, "why", why)
 	}
 	go s.refreshCaps(w, capsRefresh)
+	go s.collectAbandoned(w, client)
 	s.kick()
 }
 
@@ -125,6 +138,7 @@ func (w *worker) disconnect(done <-chan struct{}) {
 	if w.done == done {
 		w.client, w.done = nil, nil
 		w.connected = make(chan struct{})
+		w.downSince = time.Now().UTC()
 	}
 }
 
@@ -158,18 +172,38 @@ func (s *Server) refreshCaps(w *worker, every time.Duration) {
 	}
 }
 
+// errWorkerGone: a step's worker was forgotten, or has been away longer
+// than Config.WorkerLostAfter.
+var errWorkerGone = errors.New("worker gone")
+
 // waitClient returns the worker's client, waiting for its next connection
 // when it has none: a dropped link delays a step, it does not fail it.
-func (w *worker) waitClient(ctx context.Context) (pb.AgentClient, <-chan struct{}, error) {
+// A worker away for lostAfter (0: for ever) or forgotten is errWorkerGone.
+func (w *worker) waitClient(ctx context.Context, lostAfter time.Duration) (pb.AgentClient, <-chan struct{}, error) {
 	for {
 		w.mu.Lock()
-		c, done, ch := w.client, w.done, w.connected
+		c, done, ch, since, forgotten := w.client, w.done, w.connected, w.downSince, w.forgotten
 		w.mu.Unlock()
-		if c != nil {
+		switch {
+		case c != nil:
 			return c, done, nil
+		case forgotten:
+			return nil, nil, fmt.Errorf("%w: worker %s was removed from this server", errWorkerGone, w.rec.Name)
+		}
+		var timeout <-chan time.Time
+		if lostAfter > 0 {
+			left := time.Until(since.Add(lostAfter))
+			if left <= 0 {
+				return nil, nil, fmt.Errorf("%w: worker %s has been away since %s, longer than %s", errWorkerGone, w.rec.Name, since.Format(time.RFC3339), lostAfter)
+			}
+			t := time.NewTimer(left)
+			timeout = t.C
+			defer t.Stop() // at most one a connection: the loop is short
 		}
 		select {
 		case <-ch:
+		case <-w.gone:
+		case <-timeout:
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}

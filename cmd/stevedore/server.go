@@ -32,6 +32,7 @@ type serverOptions struct {
 	builtinSlots                                                  int
 	retention                                                     time.Duration
 	maxStorage                                                    string
+	workerLostAfter                                               time.Duration
 }
 
 func newServerCommand() *cobra.Command {
@@ -79,6 +80,7 @@ port like any other worker, in the pool "builtin".`,
 	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
 	f.IntVar(&o.builtinSlots, "builtin-worker-slots", 2, "steps the built-in worker runs at once")
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
+	f.DurationVar(&o.workerLostAfter, "worker-lost-after", 30*time.Minute, "how long a running step waits for its worker to come back before it ends LOST (one never sent is queued again); 0: for ever")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
@@ -109,7 +111,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
 		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"),
-		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, Logger: log})
+		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,60 @@
+package server
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// A step whose worker went away before the step was sent to it never ran:
+// past WorkerLostAfter it goes back to the queue, and the worker's slot is
+// given back.
+func TestStepNeverSentIsQueuedAgain(t *testing.T) {
+	dir := t.TempDir()
+	id, _, err := transport.LoadOrCreateIdentity(filepath.Join(dir, "id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, _ := transport.NewTrustList()
+	s, err := New(Config{DataDir: dir, Identity: id, Trust: trust, WorkerLostAfter: 200 * time.Millisecond, AdminPassword: "x",
+		Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w := newWorker(WorkerRecord{Name: "w1", Pools: []string{"p"}}) // never connects
+	s.mu.Lock()
+	s.workers["w1"] = w
+	s.mu.Unlock()
+	rec, err := s.Submit(SubmitRequest{Pool: "p", Step: &pb.StartStepRequest{Execution: &pb.Execution{Target: &pb.Execution_Host{Host: &pb.HostExecution{}}},
+		Script: &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: "true"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As dispatch does, had the worker been up a moment before.
+	w.inflight++
+	rec.State, rec.Assigned, rec.StartedAt = StateRunning, "w1", time.Now()
+	if err := s.putStep(rec); err != nil {
+		t.Fatal(err)
+	}
+	s.drive(rec, false)
+	got, _ := s.Step(rec.ID)
+	if got.State != StateQueued || got.Assigned != "" || got.Outcome != "" {
+		t.Fatalf("state %q assigned %q outcome %q, want queued again", got.State, got.Assigned, got.Outcome)
+	}
+	if w.inflight != 0 {
+		t.Errorf("the worker's slot was not given back: %d in flight", w.inflight)
+	}
+	// A step an earlier server process drove may have been sent: LOST.
+	got.State, got.Assigned = StateRunning, "w1"
+	w.inflight++
+	s.drive(got, true)
+	if got, _ = s.Step(rec.ID); got.Outcome != "LOST" {
+		t.Fatalf("outcome %q (%s), want LOST", got.Outcome, got.Reason)
+	}
+}
