@@ -61,14 +61,19 @@ func (s *Server) dispatch() {
 	}
 }
 
-// pick reserves a slot on the least busy connected worker serving rec;
-// a worker never gets more steps than its slots. When there is none, it
-// records why, for the API to show.
+// pick reserves a slot on a connected worker serving rec: one that has
+// the step's image cached first, so that it need not pull, then the least
+// busy; a worker never gets more steps than its slots. When there is
+// none, it records why, for the API to show.
 func (s *Server) pick(rec StepRecord) *worker {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best *worker
-	bestLoad := 0
+	bestLoad, bestCached := 0, false
+	image := ""
+	if rec.Image != "" {
+		image = normalImage(rec.Image)
+	}
 	var serving, connected, compatible, capable int
 	for _, w := range s.workers {
 		if !w.serves(rec.Worker, rec.Pool) {
@@ -81,6 +86,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 		free := up && w.inflight < w.slots
 		load := w.inflight
 		speaks := incompatible(w.caps) == ""
+		cached := image != "" && w.images[image]
 		w.mu.Unlock()
 		if up {
 			connected++
@@ -94,8 +100,8 @@ func (s *Server) pick(rec StepRecord) *worker {
 		if up {
 			capable++
 		}
-		if free && (best == nil || load < bestLoad) {
-			best, bestLoad = w, load
+		if free && (best == nil || cached && !bestCached || cached == bestCached && load < bestLoad) {
+			best, bestLoad, bestCached = w, load, cached
 		}
 	}
 	if best != nil {
@@ -250,6 +256,11 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 			continue
 		}
 		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE && rec.Cursor+1 >= st.GetNextSequence() {
+			if rec.Image != "" {
+				// It may have cached the image: dispatch should know
+				// before the step's slot is free again.
+				s.askCaps(w, client)
+			}
 			s.complete(client, tl, rec, st, finish)
 			return
 		}

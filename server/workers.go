@@ -14,6 +14,7 @@ import (
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/registry"
 	"stevedore/transport"
 )
 
@@ -33,6 +34,9 @@ type worker struct {
 	inflight  int
 	// caps are the capabilities the worker last reported.
 	caps *pb.Capabilities
+	// images are the normalised references of the images its agent has
+	// cached, from caps: dispatch prefers a worker that need not pull.
+	images map[string]bool
 	// downSince is when the worker was last seen going (or the server
 	// started without it); its steps are lost past Config.WorkerLostAfter.
 	downSince time.Time
@@ -112,6 +116,19 @@ func (w *worker) setCapsLocked(caps *pb.Capabilities) {
 	w.caps = caps
 	w.slots = int(caps.GetMaxConcurrentSteps())
 	w.rec.Pools, w.rec.Labels = caps.GetPools(), caps.GetLabels()
+	w.images = make(map[string]bool, len(caps.GetCachedImages()))
+	for _, img := range caps.GetCachedImages() {
+		w.images[normalImage(img.GetReference())] = true
+	}
+}
+
+// normalImage is ref as `docker pull` reads it, so that "debian:12" and
+// "docker.io/library/debian:12" are one image; ref itself if it does not parse.
+func normalImage(ref string) string {
+	if n, err := registry.ParseImage(ref); err == nil {
+		return n.String()
+	}
+	return ref
 }
 
 // connect makes client the worker's connection until done closes, with
@@ -159,16 +176,23 @@ func (s *Server) refreshCaps(w *worker, every time.Duration) {
 			return
 		case <-time.After(every):
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-		caps, err := c.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
-		cancel()
-		if err == nil {
-			had := w.hasDocker()
-			w.setCaps(caps)
-			if !had && caps.GetDocker().GetAvailable() {
-				s.kick()
-			}
-		}
+		s.askCaps(w, c)
+	}
+}
+
+// askCaps asks the worker for its capabilities now: its engine may have
+// come or gone, a step may have cached an image.
+func (s *Server) askCaps(w *worker, c pb.AgentClient) {
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	caps, err := c.GetCapabilities(ctx, &pb.GetCapabilitiesRequest{})
+	cancel()
+	if err != nil {
+		return
+	}
+	had := w.hasDocker()
+	w.setCaps(caps)
+	if !had && caps.GetDocker().GetAvailable() {
+		s.kick()
 	}
 }
 
