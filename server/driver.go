@@ -76,7 +76,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 	}
 	var serving, connected, compatible, capable int
 	for _, w := range s.workers {
-		if !w.serves(rec.Worker, rec.Pool) {
+		if !w.serves(rec) {
 			continue
 		}
 		serving++
@@ -114,6 +114,9 @@ func (s *Server) pick(rec StepRecord) *worker {
 	target := "pool " + rec.Pool
 	if rec.Worker != "" {
 		target = "worker " + rec.Worker
+	}
+	if len(rec.Labels) > 0 {
+		target += fmt.Sprintf(" with labels %v", rec.Labels)
 	}
 	switch {
 	case serving == 0:

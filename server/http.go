@@ -189,6 +189,8 @@ func (s *Server) view(rec StepRecord) StepView {
 type SubmitBody struct {
 	Worker string `json:"worker,omitempty"`
 	Pool   string `json:"pool,omitempty"`
+	// Labels a worker must all have (see SubmitRequest.Labels).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Key makes the submission idempotent (see SubmitRequest.Key).
 	Key  string          `json:"key,omitempty"`
 	Step json.RawMessage `json:"step"`
@@ -208,7 +210,7 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
 		return
 	}
-	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Labels: body.Labels, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, ErrNoTarget) {

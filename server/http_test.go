@@ -62,6 +62,17 @@ func (a *api) do(method, path string, body any) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// step reads GET /api/steps/ID.
+func (a *api) step(id string) server.StepView {
+	a.t.Helper()
+	code, b := a.do("GET", "/api/steps/"+id, nil)
+	var v server.StepView
+	if code != http.StatusOK || json.Unmarshal(b, &v) != nil {
+		a.t.Fatalf("GET /api/steps/%s: %d %s", id, code, b)
+	}
+	return v
+}
+
 func (a *api) submit(body map[string]any, step *pb.StartStepRequest) server.StepView {
 	a.t.Helper()
 	raw, err := protojson.Marshal(step)

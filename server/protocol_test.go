@@ -66,11 +66,7 @@ func TestWorkersOfAnotherProtocolGetNoSteps(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("the queued step waits for %q, want the protocol named", waiting)
 				}
-				code, b := a.do("GET", "/api/steps/"+rec.ID, nil)
-				var st server.StepView
-				if code != http.StatusOK || json.Unmarshal(b, &st) != nil {
-					t.Fatalf("%d %s", code, b)
-				}
+				st := a.step(rec.ID)
 				if st.State != server.StateQueued {
 					t.Fatalf("the step went %s on a worker of protocol %d", st.State, protocol)
 				}

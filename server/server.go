@@ -74,6 +74,8 @@ type StepRecord struct {
 	ID     string `json:"id"`
 	Worker string `json:"worker,omitempty"` // asked for
 	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
+	// Labels a worker must all have to take the step.
+	Labels map[string]string `json:"labels,omitempty"`
 	// SubmittedBy is who submitted it: the admin's username, or "key:NAME".
 	SubmittedBy string `json:"submitted_by,omitempty"`
 	// Image is a container step's image; such a step goes only to a
@@ -329,6 +331,9 @@ func (s *Server) ServePolling(lis net.Listener) error {
 type SubmitRequest struct {
 	Worker string
 	Pool   string
+	// Labels narrow the pool: only a worker with every one of them (its
+	// agent's --label K=V) takes the step.
+	Labels map[string]string
 	Step   *pb.StartStepRequest
 	// Key, when set, makes the submission idempotent: a second submission
 	// with the same key returns the first one's step.
@@ -357,7 +362,7 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if err != nil {
 		return StepRecord{}, err
 	}
-	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
 		Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
 	b, err := json.Marshal(rec)
 	if err != nil {

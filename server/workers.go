@@ -276,10 +276,16 @@ func (s *Server) admit(pc *transport.PollingConn) {
 	}()
 }
 
-// serves reports whether w may take a step asked for worker or pool.
-func (w *worker) serves(worker, pool string) bool {
-	if worker != "" {
-		return w.rec.Name == worker
+// serves reports whether w may take rec: it is the asked worker or of
+// the asked pool, and it has the asked labels.
+func (w *worker) serves(rec StepRecord) bool {
+	if rec.Worker != "" && w.rec.Name != rec.Worker || rec.Worker == "" && !slices.Contains(w.rec.Pools, rec.Pool) {
+		return false
 	}
-	return slices.Contains(w.rec.Pools, pool)
+	for k, v := range rec.Labels {
+		if have, ok := w.rec.Labels[k]; !ok || have != v {
+			return false
+		}
+	}
+	return true
 }

@@ -43,6 +43,8 @@ type runOptions struct {
 	server, pool, worker, user, password, serverThumbprint string
 	// token is an API key, sent as a bearer token instead of user and password.
 	token string
+	// labels a worker of the pool must have.
+	labels []string
 }
 
 func newRunCommand() *cobra.Command {
@@ -84,6 +86,7 @@ A token, when given, is used instead of the username and password.`,
 	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "with an https --server: pin the server's certificate thumbprint instead of trusting the system's CAs")
 	f.StringVar(&o.pool, "pool", "", "with --server: run on a worker of this pool")
 	f.StringVar(&o.worker, "worker", "", "with --server: run on this worker")
+	f.StringArrayVar(&o.labels, "label", nil, "with --server: run only on a worker with this label K=V (repeatable; its agent's --label)")
 	f.StringVar(&o.user, "user", "", "with --server: the API username (env STEVEDORE_USER)")
 	f.StringVar(&o.password, "password", "", "with --server: the API password (env STEVEDORE_PASSWORD)")
 	f.StringVar(&o.token, "token", "", "with --server: an API key, instead of --user and --password (env STEVEDORE_TOKEN)")

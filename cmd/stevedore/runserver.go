@@ -121,6 +121,10 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if (o.pool == "") == (o.worker == "") {
 		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
 	}
+	labels, err := parseLabels(o.labels)
+	if err != nil {
+		return exitCodeError{exitCannotRun, err}
+	}
 	hc, err := apiHTTPClient(o.serverThumbprint)
 	if err != nil {
 		return exitCodeError{exitCannotRun, err}
@@ -132,7 +136,7 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	}
 	// The ticket made for this run is the submission's key: a submission
 	// repeated after a lost answer does not run the step twice.
-	body := server.SubmitBody{Worker: o.worker, Pool: o.pool, Key: req.Ticket, Step: step}
+	body := server.SubmitBody{Worker: o.worker, Pool: o.pool, Labels: labels, Key: req.Ticket, Step: step}
 	var v server.StepView
 	if err := retryAPI(ctx, func() error { return c.call(ctx, "POST", "/api/steps", body, &v) }); err != nil {
 		var se *apiStatusError
