@@ -63,7 +63,9 @@ bench: setup build
 	@bash scripts/bench.sh
 
 ## image: the server's container image with its built-in worker (stevedore-server:dev),
-## on the bookworm fixture as its base
+## on the bookworm fixture as its base, with Debian's docker.io from the package mirror:
+## by default it starts its own engine (run it --privileged); DISABLE_DIND=Y drives the
+## host's (see packaging/container/Dockerfile)
 IMAGE ?= stevedore-server:dev
 image: setup build
 	. internal/testenv/fixtures.env && docker build -q --build-arg BASE_IMAGE=$$STEVEDORE_FIXTURE_BOOKWORM \

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -28,7 +29,7 @@ type serverOptions struct {
 	httpCert, httpKey                                             string
 	httpTLS                                                       bool
 	trust                                                         []string
-	builtinWorker                                                 bool
+	builtinWorker, dind                                           bool
 	builtinSlots                                                  int
 	retention                                                     time.Duration
 	maxStorage                                                    string
@@ -63,9 +64,21 @@ with --register URL and the same token adds its own thumbprint (and can do
 nothing else with it), so identical cloud workers join without --trust.
 
 --builtin-worker runs an agent inside the server, connected over the polling
-port like any other worker, in the pool "builtin".`,
+port like any other worker, in the pool "builtin".
+
+--dind (the container image's default) starts, before the server, a Docker
+Engine of its own (dockerd, data root /var/lib/docker, socket
+/var/run/docker.sock) for the built-in worker's container steps, and stops
+it after the server. It needs a privileged container with a network of its
+own, and refuses at once otherwise. DISABLE_DIND=Y turns it off: the worker
+then drives the engine DOCKER_HOST names (by default the local socket).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(cmd.Context(), &o, cmd.ErrOrStderr()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.dind && os.Getenv("DISABLE_DIND") != "Y" {
+				return runServerWithEngine(cmd.Context(), &o, cmd.ErrOrStderr())
+			}
+			return runServer(cmd.Context(), &o, cmd.ErrOrStderr())
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
@@ -79,11 +92,16 @@ port like any other worker, in the pool "builtin".`,
 	f.StringVar(&o.artifacts, "artifacts", "", "artifact directory (default DATA_DIR/artifacts)")
 	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
 	f.IntVar(&o.builtinSlots, "builtin-worker-slots", 2, "steps the built-in worker runs at once")
+	f.BoolVar(&o.dind, "dind", false, "start a Docker Engine of the server's own for the built-in worker (Docker in Docker; a privileged container); DISABLE_DIND=Y turns it off")
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
 	f.DurationVar(&o.workerLostAfter, "worker-lost-after", 30*time.Minute, "how long a running step waits for its worker to come back before it ends LOST (one never sent is queued again); 0: for ever")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
 	return cmd
+}
+
+func serverLogger(o *serverOptions, stderr io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
 }
 
 func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]byte) (int, error) }) error {
@@ -92,7 +110,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log := hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
+	log := serverLogger(o, stderr)
 	id, _, err := transport.LoadOrCreateIdentity(o.dataDir)
 	if err != nil {
 		return err
