@@ -29,7 +29,8 @@ import (
 
 func newAgentCommand() *cobra.Command {
 	var (
-		configFile, stateDir, listen, bundleDir, name, logLevel string
+		configFile, stateDir, listen, bundleDir, name string
+		logOpts                                       logOptions
 		server, serverThumbprint, registerURL                   string
 		metricsAddr                                             string
 		trust, labels, pools                                    []string
@@ -53,7 +54,10 @@ the image cache's garbage collection. Flags given on the command line win
 over the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(logLevel), Output: cmd.ErrOrStderr()})
+			log, err := logOpts.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			cfg := config.Defaults()
 			if configFile != "" {
 				var err error
@@ -129,7 +133,7 @@ over the file.`,
 	f.StringVar(&serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
 	f.StringVar(&registerURL, "register", "", "polling mode: first register this agent's thumbprint at the server's API (http(s)://host:8080) with STEVEDORE_REGISTRATION_TOKEN")
 	f.StringArrayVar(&pools, "pool", nil, "a pool this worker belongs to (repeatable)")
-	f.StringVar(&logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
+	logOpts.flags(f)
 	f.DurationVar(&retention, "retention", 24*time.Hour, "how long an uncollected completed step keeps its container and workspace, and a collected one its tombstone")
 	cmd.AddCommand(newAgentDrainCommand())
 	return cmd

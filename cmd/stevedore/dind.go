@@ -34,7 +34,11 @@ func runServerWithEngine(ctx context.Context, o *serverOptions, stderr io.Writer
 	// A TERM while the engine starts ends the wait, and the engine with it.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log := serverLogger(o, stderr).Named("dind")
+	log, err := o.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	log = log.Named("dind")
 	log.Info("starting the container's own Docker Engine (DISABLE_DIND=Y would use the one DOCKER_HOST names)")
 	eng, err := dind.Start(ctx, dind.Options{Output: stderr})
 	if err != nil {

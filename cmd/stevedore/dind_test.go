@@ -21,7 +21,7 @@ func TestServerDindRefusesItsMisuse(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv("DOCKER_HOST", c.dockerHost)
-			o := serverOptions{dataDir: t.TempDir(), dind: true, builtinWorker: c.builtin, logLevel: "error"}
+			o := serverOptions{dataDir: t.TempDir(), dind: true, builtinWorker: c.builtin, log: logOptions{level: "error", format: "text"}}
 			err := runServerWithEngine(context.Background(), &o, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v; want %q", err, c.want)

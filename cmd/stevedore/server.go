@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
 	"stevedore/internal/config"
@@ -25,7 +23,8 @@ import (
 const defaultDataDir = "/var/lib/stevedore-server"
 
 type serverOptions struct {
-	dataDir, httpAddr, pollingAddr, taskLogs, artifacts, logLevel string
+	dataDir, httpAddr, pollingAddr, taskLogs, artifacts string
+	log                                                 logOptions
 	httpCert, httpKey                                             string
 	httpTLS                                                       bool
 	trust                                                         []string
@@ -96,13 +95,10 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
 	f.DurationVar(&o.workerLostAfter, "worker-lost-after", 30*time.Minute, "how long a running step waits for its worker to come back before it ends LOST (one never sent is queued again); 0: for ever")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
-	f.StringVar(&o.logLevel, "log-level", envOr("STEVEDORE_LOG_LEVEL", "info"), "trace, debug, info, warn or error")
+	o.log.flags(f)
 	return cmd
 }
 
-func serverLogger(o *serverOptions, stderr io.Writer) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "stevedore", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
-}
 
 func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]byte) (int, error) }) error {
 	if ctx == nil {
@@ -110,7 +106,10 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log := serverLogger(o, stderr)
+	log, err := o.log.logger(stderr)
+	if err != nil {
+		return err
+	}
 	id, _, err := transport.LoadOrCreateIdentity(o.dataDir)
 	if err != nil {
 		return err
