@@ -31,12 +31,12 @@ func newAgentCommand() *cobra.Command {
 	var (
 		configFile, stateDir, listen, bundleDir, name string
 		logOpts                                       logOptions
-		server, serverThumbprint, registerURL                   string
-		metricsAddr                                             string
-		trust, labels, pools                                    []string
-		maxSteps                                                int
-		grace, retention                                        time.Duration
-		minFreeDisk, maxLogSize                                 string
+		server, serverThumbprint, registerURL         string
+		metricsAddr                                   string
+		trust, labels, pools                          []string
+		maxSteps                                      int
+		grace, retention                              time.Duration
+		minFreeDisk, maxLogSize                       string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",

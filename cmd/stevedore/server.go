@@ -25,14 +25,14 @@ const defaultDataDir = "/var/lib/stevedore-server"
 type serverOptions struct {
 	dataDir, httpAddr, pollingAddr, taskLogs, artifacts string
 	log                                                 logOptions
-	httpCert, httpKey                                             string
-	httpTLS                                                       bool
-	trust                                                         []string
-	builtinWorker, dind                                           bool
-	builtinSlots                                                  int
-	retention                                                     time.Duration
-	maxStorage                                                    string
-	workerLostAfter                                               time.Duration
+	httpCert, httpKey                                   string
+	httpTLS                                             bool
+	trust                                               []string
+	builtinWorker, dind                                 bool
+	builtinSlots                                        int
+	retention                                           time.Duration
+	maxStorage                                          string
+	workerLostAfter                                     time.Duration
 }
 
 func newServerCommand() *cobra.Command {
@@ -98,7 +98,6 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	o.log.flags(f)
 	return cmd
 }
-
 
 func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]byte) (int, error) }) error {
 	if ctx == nil {
