@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -43,7 +44,17 @@ func (s *Server) dispatchLoop() {
 func (s *Server) dispatch() {
 	s.dispatchMu.Lock()
 	defer s.dispatchMu.Unlock()
+	now := time.Now()
 	for _, rec := range s.queued() {
+		if !rec.QueueDeadline.IsZero() && now.After(rec.QueueDeadline) {
+			s.mu.Lock()
+			why := cmp.Or(s.waiting[rec.ID], "no worker was free")
+			delete(s.waiting, rec.ID)
+			s.mu.Unlock()
+			s.finish(rec, nil, "TIMED_OUT", fmt.Sprintf("no worker took the step within %s of its submission: %s",
+				rec.QueueDeadline.Sub(rec.CreatedAt).Round(time.Second), why))
+			continue
+		}
 		w := s.pick(rec)
 		if w == nil {
 			continue

@@ -191,6 +191,9 @@ type SubmitBody struct {
 	Pool   string `json:"pool,omitempty"`
 	// Labels a worker must all have (see SubmitRequest.Labels).
 	Labels map[string]string `json:"labels,omitempty"`
+	// QueueTimeout, a duration such as "10m", ends the step TIMED_OUT if
+	// no worker takes it in time (see SubmitRequest.QueueTimeout).
+	QueueTimeout string `json:"queue_timeout,omitempty"`
 	// Key makes the submission idempotent (see SubmitRequest.Key).
 	Key  string          `json:"key,omitempty"`
 	Step json.RawMessage `json:"step"`
@@ -205,12 +208,21 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, errors.New(`body: "step" is missing`))
 		return
 	}
+	var queueTimeout time.Duration
+	if body.QueueTimeout != "" {
+		d, err := time.ParseDuration(body.QueueTimeout)
+		if err != nil || d <= 0 {
+			apiError(w, http.StatusBadRequest, fmt.Errorf(`queue_timeout %q: want a positive duration such as "10m"`, body.QueueTimeout))
+			return
+		}
+		queueTimeout = d
+	}
 	step := &pb.StartStepRequest{}
 	if err := protojson.Unmarshal(body.Step, step); err != nil {
 		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
 		return
 	}
-	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Labels: body.Labels, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Labels: body.Labels, QueueTimeout: queueTimeout, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, ErrNoTarget) {

@@ -262,6 +262,8 @@ func TestAPIBadSubmissions(t *testing.T) {
 		{"no target", `{"step":{"script":{"body":"true"}}}`, http.StatusBadRequest},
 		{"unknown field", `{"pool":"linux","stepp":{}}`, http.StatusBadRequest},
 		{"step not a request", `{"pool":"linux","step":{"nope":1}}`, http.StatusBadRequest},
+		{"queue timeout not a duration", `{"pool":"linux","queue_timeout":"soon","step":{"script":{"body":"true"}}}`, http.StatusBadRequest},
+		{"queue timeout not positive", `{"pool":"linux","queue_timeout":"-1s","step":{"script":{"body":"true"}}}`, http.StatusBadRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -70,3 +70,20 @@ func TestDispatchByLabels(t *testing.T) {
 		}
 	}
 }
+
+// A step no worker takes within its queue timeout ends TIMED_OUT, saying
+// why it waited; one a worker takes in time runs as usual.
+func TestQueueTimeout(t *testing.T) {
+	e := newEnv(t)
+	e.pollingAgent("w1", 1)
+	a := e.api()
+	late := a.submit(map[string]any{"pool": "nowhere", "queue_timeout": "1s"}, numbered(1, "0"))
+	prompt := a.submit(map[string]any{"pool": "linux", "queue_timeout": "1m"}, numbered(1, "0"))
+	_, final := e.waitComplete(late.ID)
+	if final.Outcome != "TIMED_OUT" || !strings.Contains(final.Reason, "within 1s") || !strings.Contains(final.Reason, "nowhere") || final.Assigned != "" {
+		t.Errorf("outcome %q reason %q assigned %q: want TIMED_OUT in the queue, saying why", final.Outcome, final.Reason, final.Assigned)
+	}
+	if _, final := e.waitComplete(prompt.ID); final.Outcome != "FAILED" || final.Assigned != "w1" {
+		t.Errorf("the step a worker took in time: outcome %q on %q, want FAILED (exit 3) on w1", final.Outcome, final.Assigned)
+	}
+}

@@ -6,6 +6,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -76,6 +77,8 @@ type StepRecord struct {
 	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
 	// Labels a worker must all have to take the step.
 	Labels map[string]string `json:"labels,omitempty"`
+	// QueueDeadline is when a step still queued ends TIMED_OUT; zero: never.
+	QueueDeadline time.Time `json:"queue_deadline,omitzero"`
 	// SubmittedBy is who submitted it: the admin's username, or "key:NAME".
 	SubmittedBy string `json:"submitted_by,omitempty"`
 	// Image is a container step's image; such a step goes only to a
@@ -146,6 +149,9 @@ type Config struct {
 	// back (a cloud worker scaled in without a drain never does): then a
 	// step never sent is queued again and a sent one ends LOST. 0: for ever.
 	WorkerLostAfter time.Duration
+	// QueueTimeout is how long a step waits in the queue for a worker when
+	// its submission does not say; then it ends TIMED_OUT. 0: for ever.
+	QueueTimeout time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
 	Logger                    hclog.Logger
@@ -334,7 +340,10 @@ type SubmitRequest struct {
 	// Labels narrow the pool: only a worker with every one of them (its
 	// agent's --label K=V) takes the step.
 	Labels map[string]string
-	Step   *pb.StartStepRequest
+	// QueueTimeout ends the step TIMED_OUT if no worker takes it within
+	// this long; 0: Config.QueueTimeout.
+	QueueTimeout time.Duration
+	Step         *pb.StartStepRequest
 	// Key, when set, makes the submission idempotent: a second submission
 	// with the same key returns the first one's step.
 	Key string
@@ -362,8 +371,13 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if err != nil {
 		return StepRecord{}, err
 	}
-	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
-		Sealed: sealed, State: StateQueued, CreatedAt: time.Now().UTC()}
+	now := time.Now().UTC()
+	var deadline time.Time
+	if wait := cmp.Or(req.QueueTimeout, s.cfg.QueueTimeout); wait > 0 {
+		deadline = now.Add(wait)
+	}
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, QueueDeadline: deadline, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
+		Sealed: sealed, State: StateQueued, CreatedAt: now}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return StepRecord{}, err

@@ -45,6 +45,8 @@ type runOptions struct {
 	token string
 	// labels a worker of the pool must have.
 	labels []string
+	// queueTimeout bounds the wait for a worker (server's default if 0).
+	queueTimeout time.Duration
 }
 
 func newRunCommand() *cobra.Command {
@@ -86,6 +88,7 @@ A token, when given, is used instead of the username and password.`,
 	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "with an https --server: pin the server's certificate thumbprint instead of trusting the system's CAs")
 	f.StringVar(&o.pool, "pool", "", "with --server: run on a worker of this pool")
 	f.StringVar(&o.worker, "worker", "", "with --server: run on this worker")
+	f.DurationVar(&o.queueTimeout, "queue-timeout", 0, "with --server: end the step TIMED_OUT if no worker takes it within this long (default: the server's)")
 	f.StringArrayVar(&o.labels, "label", nil, "with --server: run only on a worker with this label K=V (repeatable; its agent's --label)")
 	f.StringVar(&o.user, "user", "", "with --server: the API username (env STEVEDORE_USER)")
 	f.StringVar(&o.password, "password", "", "with --server: the API password (env STEVEDORE_PASSWORD)")

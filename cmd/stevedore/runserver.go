@@ -137,6 +137,9 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	// The ticket made for this run is the submission's key: a submission
 	// repeated after a lost answer does not run the step twice.
 	body := server.SubmitBody{Worker: o.worker, Pool: o.pool, Labels: labels, Key: req.Ticket, Step: step}
+	if o.queueTimeout > 0 {
+		body.QueueTimeout = o.queueTimeout.String()
+	}
 	var v server.StepView
 	if err := retryAPI(ctx, func() error { return c.call(ctx, "POST", "/api/steps", body, &v) }); err != nil {
 		var se *apiStatusError

@@ -32,7 +32,7 @@ type serverOptions struct {
 	builtinSlots                                        int
 	retention                                           time.Duration
 	maxStorage                                          string
-	workerLostAfter                                     time.Duration
+	workerLostAfter, queueTimeout                       time.Duration
 }
 
 func newServerCommand() *cobra.Command {
@@ -94,6 +94,7 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	f.BoolVar(&o.dind, "dind", false, "start a Docker Engine of the server's own for the built-in worker (Docker in Docker; a privileged container); DISABLE_DIND=Y turns it off")
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
 	f.DurationVar(&o.workerLostAfter, "worker-lost-after", 30*time.Minute, "how long a running step waits for its worker to come back before it ends LOST (one never sent is queued again); 0: for ever")
+	f.DurationVar(&o.queueTimeout, "queue-timeout", 0, "how long a step waits in the queue for a worker when its submission does not say; then it ends TIMED_OUT (0: for ever)")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	o.log.flags(f)
 	return cmd
@@ -127,7 +128,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
 		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"),
-		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, Logger: log})
+		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Logger: log})
 	if err != nil {
 		return err
 	}
