@@ -85,9 +85,13 @@ func (s *Server) pick(rec StepRecord) *worker {
 	if rec.Image != "" {
 		image = normalImage(rec.Image)
 	}
-	var serving, connected, compatible, capable int
+	var known, serving, connected, compatible, capable int
 	for _, w := range s.workers {
-		if !w.serves(rec) {
+		if !w.inTarget(rec) {
+			continue
+		}
+		known++
+		if !w.hasLabels(rec.Labels) {
 			continue
 		}
 		serving++
@@ -126,12 +130,11 @@ func (s *Server) pick(rec StepRecord) *worker {
 	if rec.Worker != "" {
 		target = "worker " + rec.Worker
 	}
-	if len(rec.Labels) > 0 {
-		target += fmt.Sprintf(" with labels %v", rec.Labels)
-	}
 	switch {
-	case serving == 0:
+	case known == 0:
 		s.waiting[rec.ID] = "no worker of " + target + " is known yet"
+	case serving == 0:
+		s.waiting[rec.ID] = "no worker of " + target + " has the labels " + labelList(rec.Labels)
 	case connected == 0:
 		s.waiting[rec.ID] = "no worker of " + target + " is connected"
 	case compatible == 0:

@@ -62,7 +62,7 @@ func TestDispatchByLabels(t *testing.T) {
 		if v.State != server.StateQueued {
 			t.Fatalf("a step no worker matches went %s", v.State)
 		}
-		if strings.Contains(v.WaitingFor, "zone:c") {
+		if strings.Contains(v.WaitingFor, "zone=c") {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -276,16 +277,30 @@ func (s *Server) admit(pc *transport.PollingConn) {
 	}()
 }
 
-// serves reports whether w may take rec: it is the asked worker or of
-// the asked pool, and it has the asked labels.
-func (w *worker) serves(rec StepRecord) bool {
-	if rec.Worker != "" && w.rec.Name != rec.Worker || rec.Worker == "" && !slices.Contains(w.rec.Pools, rec.Pool) {
-		return false
+// inTarget reports whether w is the worker rec asks for, or of its pool.
+func (w *worker) inTarget(rec StepRecord) bool {
+	if rec.Worker != "" {
+		return w.rec.Name == rec.Worker
 	}
-	for k, v := range rec.Labels {
+	return slices.Contains(w.rec.Pools, rec.Pool)
+}
+
+// hasLabels reports whether w has every one of labels.
+func (w *worker) hasLabels(labels map[string]string) bool {
+	for k, v := range labels {
 		if have, ok := w.rec.Labels[k]; !ok || have != v {
 			return false
 		}
 	}
 	return true
+}
+
+// labelList writes labels as the agent's flags take them: "k=v, k2=v2".
+func labelList(labels map[string]string) string {
+	kvs := make([]string, 0, len(labels))
+	for k, v := range labels {
+		kvs = append(kvs, k+"="+v)
+	}
+	slices.Sort(kvs)
+	return strings.Join(kvs, ", ")
 }

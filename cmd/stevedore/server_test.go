@@ -412,3 +412,36 @@ func TestRunThroughServerWithAPIKey(t *testing.T) {
 		}
 	}
 }
+
+// `stevedore run --server` passes --label and --queue-timeout on: a step
+// asking for a label no worker has ends TIMED_OUT in the queue (125, as a
+// step that never ran), saying which labels it waited for.
+func TestRunThroughServerLabelsAndQueueTimeout(t *testing.T) {
+	s := newServerSetup(t, "--builtin-worker")
+	s.start(t)
+	common := []string{"run", "--server", s.url(), "--user", testAdmin, "--password", testPassword, "--pool", "builtin", "--queue-timeout", "2s"}
+	tests := []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     string
+		stderrWant []string
+	}{
+		{"no worker has the label", []string{"--label", "zone=a", "--script", "echo ran"}, exitCannotRun, "",
+			[]string{"timed_out", "within 2s", "has the labels zone=a"}},
+		{"no label asked", []string{"--script", "echo ran"}, 0, "ran", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runStevedore(t, nil, append(common, tt.args...)...)
+			if code != tt.code || !strings.Contains(stdout, tt.stdout) {
+				t.Fatalf("exit %d stdout %q, want %d and %q\nstderr: %s", code, stdout, tt.code, tt.stdout, stderr)
+			}
+			for _, w := range tt.stderrWant {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
