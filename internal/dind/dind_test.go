@@ -11,10 +11,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"stevedore/internal/testenv"
 )
 
 // The test binary doubles as a fake dockerd, so that starting, waiting and
@@ -68,31 +69,14 @@ func fakeDockerd(mode string) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func fakeOptions(t *testing.T, mode string) (Options, *syncBuffer) {
+func fakeOptions(t *testing.T, mode string) (Options, *testenv.SyncBuffer) {
 	t.Setenv("DIND_FAKE_DOCKERD", mode)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	return Options{Dockerd: exe, Socket: filepath.Join(dir, "docker.sock"), DataRoot: filepath.Join(dir, "data"),
 		ExecRoot: filepath.Join(dir, "exec"), StartTimeout: 10 * time.Second, Output: out}, out
 }
