@@ -223,7 +223,7 @@ func (w *worker) waitClient(ctx context.Context, lostAfter time.Duration) (pb.Ag
 			}
 			t := time.NewTimer(left)
 			timeout = t.C
-			defer t.Stop() // at most one a connection: the loop is short
+			defer t.Stop() // one a disconnection at most: the loop is short
 		}
 		select {
 		case <-ch:
