@@ -50,6 +50,7 @@ const maxLogWait = 60 * time.Second
 //	GET  /api/keys                         admin      the API keys, without their secrets
 //	POST /api/keys                         admin      {"name","role"}: a new key; its secret is in this answer only
 //	DELETE /api/keys/{id}                  admin      revoke the key at once
+//	GET  /api/backup                       admin      a consistent copy of the database, taken live
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -71,6 +72,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET /api/keys", RoleAdmin, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.APIKeys()) })
 	route("POST /api/keys", RoleAdmin, s.apiCreateKey)
 	route("DELETE /api/keys/{id}", RoleAdmin, s.apiRevokeKey)
+	route("GET /api/backup", RoleAdmin, s.apiBackup)
 	authed := s.authenticated(api)
 	mux.Handle("/api/", authed)
 	// More specific than /api/: an agent with the registration token may
