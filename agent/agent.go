@@ -277,6 +277,20 @@ func (a *Agent) StopAccepting(reason string) {
 	}
 }
 
+// notAccepting says why StartStep refuses new steps now, or "".
+func (a *Agent) notAccepting() string {
+	a.mu.Lock()
+	why := a.refusing
+	a.mu.Unlock()
+	if why != "" {
+		return why
+	}
+	if err := a.checkDisk(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
 // Drain refuses new steps and returns once every step the agent holds has
 // ended, or ctx ends. The service goes on meanwhile, so the server still
 // follows the running steps to their end.

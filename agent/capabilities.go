@@ -29,6 +29,7 @@ func (a *Agent) GetCapabilities(ctx context.Context, _ *pb.GetCapabilitiesReques
 		MaxConcurrentSteps: uint32(a.cfg.MaxSteps), RunningSteps: uint32(a.slots.running()),
 		Pools: a.cfg.Pools, Labels: a.cfg.Labels, Thumbprint: a.cfg.Identity.Thumbprint,
 		HostProcessTracking: a.host.Tracking(),
+		NotAccepting:        a.notAccepting(),
 		Bundle: &pb.Bundle{Name: m.Name, Version: m.Version, Entrypoint: m.Entrypoint, Requires: &pb.BundleRequirements{
 			Libc: m.Requires.Libc, Interpreter: m.Requires.Interpreter, MinGlibc: m.Requires.MinGlibc, SharedLibraries: m.Requires.SharedLibraries,
 		}},

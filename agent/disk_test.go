@@ -11,6 +11,7 @@ import (
 
 	"stevedore/agent"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
 )
 
 func freeSpace(t *testing.T, dir string) int64 {
@@ -51,9 +52,15 @@ func TestLowDiskRefusesNewSteps(t *testing.T) {
 			ta.stop()
 			ta.opts = []agentOpt{func(c *agent.Config) { c.MinFreeDisk = tt.threshold }}
 			ta.start()
+			caps, cerr := ta.client.GetCapabilities(context.Background(), &pb.GetCapabilitiesRequest{})
 			st, err := ta.client.StartStep(context.Background(), &pb.StartStepRequest{Ticket: tt.ticket, Execution: host(), Script: bash("echo ok")})
 			if status.Code(err) != tt.want {
 				t.Fatalf("err %v, want %v", err, tt.want)
+			}
+			// A server learns it from the capabilities before it tries, and
+			// from the refusal's ErrorInfo after: the worker refuses, not the step.
+			if refused := tt.threshold > free; cerr != nil || (caps.GetNotAccepting() != "") != refused || transport.IsNotAccepting(err) != (refused && tt.ticket != recorded) {
+				t.Errorf("capabilities not_accepting %q (%v), refusal marked %v; want refused %v", caps.GetNotAccepting(), cerr, transport.IsNotAccepting(err), refused)
 			}
 			if tt.ticket == recorded {
 				if st.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
 	"stevedore/registry"
 )
 
@@ -43,7 +44,7 @@ func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.St
 	if a.lookup(req.GetTicket()) == nil {
 		// A repeated call for a recorded ticket is answered whatever the disk.
 		if err := a.checkDisk(); err != nil {
-			return nil, status.Error(codes.ResourceExhausted, err.Error())
+			return nil, transport.NotAccepting(codes.ResourceExhausted, err.Error())
 		}
 		// An upload that is not here fails now, not half-way into the step.
 		for i, f := range req.GetFiles() {
@@ -78,7 +79,7 @@ func (a *Agent) accept(req *pb.StartStepRequest) (*step, error) {
 		return s, nil
 	}
 	if a.refusing != "" {
-		return nil, status.Error(codes.Unavailable, a.refusing)
+		return nil, transport.NotAccepting(codes.Unavailable, a.refusing)
 	}
 	stepKey := make([]byte, 32)
 	if _, err := rand.Read(stepKey); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
 )
 
 // dispatchLoop gives queued steps, oldest first, to connected workers with
@@ -85,7 +86,8 @@ func (s *Server) pick(rec StepRecord) *worker {
 	if rec.Image != "" {
 		image = normalImage(rec.Image)
 	}
-	var known, serving, connected, compatible, capable int
+	var known, serving, connected, compatible, capable, accepting int
+	refusal := ""
 	for _, w := range s.workers {
 		if !w.inTarget(rec) {
 			continue
@@ -102,6 +104,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 		load := w.inflight
 		speaks := incompatible(w.caps) == ""
 		cached := image != "" && w.images[image]
+		notAccepting := w.caps.GetNotAccepting()
 		w.mu.Unlock()
 		if up {
 			connected++
@@ -112,9 +115,15 @@ func (s *Server) pick(rec StepRecord) *worker {
 		if !speaks || rec.Image != "" && !docker {
 			continue
 		}
-		if up {
-			capable++
+		if !up {
+			continue
 		}
+		capable++
+		if notAccepting != "" {
+			refusal = w.rec.Name + ": " + notAccepting
+			continue
+		}
+		accepting++
 		if free && (best == nil || cached && !bestCached || cached == bestCached && load < bestLoad) {
 			best, bestLoad, bestCached = w, load, cached
 		}
@@ -141,6 +150,8 @@ func (s *Server) pick(rec StepRecord) *worker {
 		s.waiting[rec.ID] = fmt.Sprintf("no connected worker of %s speaks this server's wire protocol %d: upgrade them (see GET /api/workers)", target, version.Protocol)
 	case capable == 0:
 		s.waiting[rec.ID] = "no connected worker of " + target + " has a Docker Engine available for a container step"
+	case accepting == 0:
+		s.waiting[rec.ID] = "no capable worker of " + target + " takes new steps now (" + refusal + ")"
 	default:
 		s.waiting[rec.ID] = "every capable worker of " + target + " is busy: waiting for a free slot"
 	}
@@ -241,6 +252,13 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 		if !started {
 			sent = true
 			if _, err := client.StartStep(s.ctx, req); err != nil {
+				if transport.IsNotAccepting(err) {
+					// Draining, or low on disk: it recorded nothing, so
+					// another worker may run the step.
+					w.refuses(status.Convert(err).Message())
+					s.requeue(rec, err)
+					return
+				}
 				if retryable(err) {
 					s.pause(done)
 					continue

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
@@ -66,6 +67,9 @@ type WorkerStatus struct {
 	Incompatible    string `json:"incompatible,omitempty"`
 	Hostname        string `json:"hostname,omitempty"`
 	CachedImages    int    `json:"cached_images"`
+	// NotAccepting says why the worker takes no new steps now (draining,
+	// low on disk), as it last reported.
+	NotAccepting string `json:"not_accepting,omitempty"`
 	// DisconnectedSince is when a worker that is not connected went away.
 	DisconnectedSince time.Time `json:"disconnected_since,omitzero"`
 }
@@ -80,7 +84,7 @@ func (w *worker) status() WorkerStatus {
 	st := WorkerStatus{WorkerRecord: w.rec, Connected: w.client != nil, Slots: w.slots, Running: w.inflight,
 		Docker: w.caps.GetDocker().GetAvailable(), DockerError: w.caps.GetDocker().GetError(),
 		AgentVersion: w.caps.GetAgentVersion(), Hostname: w.caps.GetHostname(), CachedImages: len(w.caps.GetCachedImages()),
-		ProtocolVersion: w.caps.GetProtocolVersion(), Incompatible: incompatible(w.caps)}
+		ProtocolVersion: w.caps.GetProtocolVersion(), Incompatible: incompatible(w.caps), NotAccepting: w.caps.GetNotAccepting()}
 	if st.Connected {
 		st.FreeSlots = max(0, w.slots-w.inflight)
 	} else {
@@ -98,6 +102,16 @@ func incompatible(caps *pb.Capabilities) string {
 	}
 	return fmt.Sprintf("the worker's agent %s speaks wire protocol %d, this server %d: upgrade the one that is behind",
 		cmp.Or(caps.GetAgentVersion(), "(version unknown)"), caps.GetProtocolVersion(), version.Protocol)
+}
+
+// refuses notes, until its next capabilities, that the worker takes no
+// new steps (it refused one saying why), so dispatch looks elsewhere.
+func (w *worker) refuses(why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	caps := proto.Clone(w.caps).(*pb.Capabilities)
+	caps.NotAccepting = why
+	w.setCapsLocked(caps)
 }
 
 func (w *worker) hasDocker() bool {

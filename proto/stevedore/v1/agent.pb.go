@@ -431,8 +431,13 @@ type Capabilities struct {
 	// cgroup v2, when a daemon that leaves the step's session and clears its
 	// environment escapes the kill.
 	HostProcessTracking string `protobuf:"bytes,15,opt,name=host_process_tracking,json=hostProcessTracking,proto3" json:"host_process_tracking,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Why the agent takes no new steps now (draining, shutting down, low on
+	// disk); empty when it takes them. StartStep then refuses a new ticket
+	// with an ErrorInfo of reason NOT_ACCEPTING, domain "stevedore", so a
+	// server gives the step to another worker rather than failing it.
+	NotAccepting  string `protobuf:"bytes,16,opt,name=not_accepting,json=notAccepting,proto3" json:"not_accepting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Capabilities) Reset() {
@@ -566,6 +571,13 @@ func (x *Capabilities) GetThumbprint() string {
 func (x *Capabilities) GetHostProcessTracking() string {
 	if x != nil {
 		return x.HostProcessTracking
+	}
+	return ""
+}
+
+func (x *Capabilities) GetNotAccepting() string {
+	if x != nil {
+		return x.NotAccepting
 	}
 	return ""
 }
@@ -2618,7 +2630,7 @@ var File_proto_stevedore_v1_agent_proto protoreflect.FileDescriptor
 const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x1eproto/stevedore/v1/agent.proto\x12\fstevedore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n" +
-	"\x16GetCapabilitiesRequest\"\x90\x05\n" +
+	"\x16GetCapabilitiesRequest\"\xb5\x05\n" +
 	"\fCapabilities\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12)\n" +
 	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
@@ -2637,7 +2649,8 @@ const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"thumbprint\x18\x0e \x01(\tR\n" +
 	"thumbprint\x122\n" +
-	"\x15host_process_tracking\x18\x0f \x01(\tR\x13hostProcessTracking\x1a9\n" +
+	"\x15host_process_tracking\x18\x0f \x01(\tR\x13hostProcessTracking\x12#\n" +
+	"\rnot_accepting\x18\x10 \x01(\tR\fnotAccepting\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"}\n" +
