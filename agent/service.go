@@ -16,8 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "stevedore/proto/stevedore/v1"
-	"stevedore/transport"
 	"stevedore/registry"
+	"stevedore/transport"
 )
 
 // Bounds of one status reply, well under the gRPC message limit.
