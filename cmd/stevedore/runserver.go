@@ -162,11 +162,22 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	stderr.Flush()
 	after := uint64(0)
 	var final server.StepView
+	state, waiting := v.State, ""
 	for {
 		var page server.LogPage
-		path := fmt.Sprintf("/api/steps/%s/log?after=%d&wait=30s&max=5000", url.PathEscape(v.ID), after)
+		// While the step is queued, ask often enough to say soon why it waits.
+		wait := "30s"
+		if state == server.StateQueued {
+			wait = "2s"
+		}
+		path := fmt.Sprintf("/api/steps/%s/log?after=%d&wait=%s&max=5000", url.PathEscape(v.ID), after, wait)
 		if err := retryAPI(ctx, func() error { return c.call(ctx, "GET", path, nil, &page) }); err != nil {
 			return exitCodeError{exitCannotRun, fmt.Errorf("follow step %s: %w", v.ID, err)}
+		}
+		state = page.Step.State
+		if page.Step.WaitingFor != "" && page.Step.WaitingFor != waiting {
+			waiting = page.Step.WaitingFor
+			fmt.Fprintf(stderr, "stevedore: step %s waits: %s\n", v.ID, waiting)
 		}
 		after = printLines(logLines(page.Lines), after, stdout, stderr)
 		stdout.Flush()

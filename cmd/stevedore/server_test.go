@@ -414,12 +414,12 @@ func TestRunThroughServerWithAPIKey(t *testing.T) {
 }
 
 // `stevedore run --server` passes --label and --queue-timeout on: a step
-// asking for a label no worker has ends TIMED_OUT in the queue (125, as a
-// step that never ran), saying which labels it waited for.
+// asking for a label no worker has says, while it waits, which labels it
+// waits for, then ends TIMED_OUT in the queue (125, as a step that never ran).
 func TestRunThroughServerLabelsAndQueueTimeout(t *testing.T) {
 	s := newServerSetup(t, "--builtin-worker")
 	s.start(t)
-	common := []string{"run", "--server", s.url(), "--user", testAdmin, "--password", testPassword, "--pool", "builtin", "--queue-timeout", "2s"}
+	common := []string{"run", "--server", s.url(), "--user", testAdmin, "--password", testPassword, "--pool", "builtin", "--queue-timeout", "5s"}
 	tests := []struct {
 		name       string
 		args       []string
@@ -428,7 +428,7 @@ func TestRunThroughServerLabelsAndQueueTimeout(t *testing.T) {
 		stderrWant []string
 	}{
 		{"no worker has the label", []string{"--label", "zone=a", "--script", "echo ran"}, exitCannotRun, "",
-			[]string{"timed_out", "within 2s", "has the labels zone=a"}},
+			[]string{"waits: no worker of pool builtin has the labels zone=a", "timed_out", "within 5s"}},
 		{"no label asked", []string{"--script", "echo ran"}, 0, "ran", nil},
 	}
 	for _, tt := range tests {
