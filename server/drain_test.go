@@ -56,6 +56,9 @@ func TestDrainingWorkerGetsNoSteps(t *testing.T) {
 			t.Fatalf("pool step %d: %q on %q, want FAILED (exit 3) on w2", i, final.Outcome, final.Assigned)
 		}
 	}
+	if got := seriesValue(t, scrapeServer(t, e), `stevedore_server_steps_requeued_total{why="not_accepting"}`); got < 1 {
+		t.Errorf("steps_requeued_total{why=\"not_accepting\"} = %v, want the refused step counted", got)
+	}
 	if code, b := a.do("POST", "/api/steps/"+pinned.ID+"/cancel", nil); code >= 300 {
 		t.Fatalf("cancel: %d %s", code, b)
 	}

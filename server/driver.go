@@ -222,7 +222,7 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 		client, done, err := w.waitClient(s.ctx, s.cfg.WorkerLostAfter)
 		if errors.Is(err, errWorkerGone) {
 			if !sent {
-				s.requeue(rec, err) // the deferred release lets dispatch see it
+				s.requeue(rec, requeueWorkerGone, err) // the deferred release lets dispatch see it
 				return
 			}
 			s.abandon(rec)
@@ -256,7 +256,7 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 					// Draining, or low on disk: it recorded nothing, so
 					// another worker may run the step.
 					w.refuses(status.Convert(err).Message())
-					s.requeue(rec, err)
+					s.requeue(rec, requeueRefused, err)
 					return
 				}
 				if retryable(err) {

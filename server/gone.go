@@ -23,15 +23,23 @@ var ErrWorkerConnected = errors.New("the worker is connected")
 // end on its returned worker after cancelling it.
 const collectWait = 2 * time.Minute
 
-// requeue puts a step whose worker went away before the step was sent back
-// in the queue: it never ran, so another worker may run it.
-func (s *Server) requeue(rec StepRecord, why error) {
+// Why a step went back to the queue, the label of steps_requeued_total.
+const (
+	requeueWorkerGone = "worker_gone"
+	requeueRefused    = "not_accepting"
+)
+
+// requeue puts a step back in the queue that its worker never took (it
+// went away before the step was sent, or refused it for what the worker
+// is now): it never ran, so another worker may run it.
+func (s *Server) requeue(rec StepRecord, label string, why error) {
 	rec.State, rec.Assigned, rec.StartedAt = StateQueued, "", time.Time{}
 	if err := s.putStep(rec); err != nil {
 		s.log.Error("cannot queue a step again", "step", rec.ID, "error", err)
 		return
 	}
-	s.log.Info("step queued again: its worker went away before it was sent", "step", rec.ID, "why", why)
+	s.metrics.requeued.WithLabelValues(label).Inc()
+	s.log.Info("step queued again: its worker did not take it", "step", rec.ID, "worker", rec.Assigned, "why", why)
 }
 
 // abandon records that rec, ended LOST, may still be on its worker.

@@ -25,6 +25,7 @@ type serverMetrics struct {
 	completed *prometheus.CounterVec
 	logLines  prometheus.Counter
 	pruned    *prometheus.CounterVec
+	requeued  *prometheus.CounterVec
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -42,13 +43,18 @@ func newServerMetrics(s *Server) *serverMetrics {
 	for _, by := range []string{"age", "size"} {
 		m.pruned.WithLabelValues(by)
 	}
+	m.requeued = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stevedore", Subsystem: "server",
+		Name: "steps_requeued_total", Help: "Steps queued again because their worker did not take them (worker_gone: it went away before the step was sent; not_accepting: it refused, draining or low on disk)."}, []string{"why"})
+	for _, why := range []string{requeueWorkerGone, requeueRefused} {
+		m.requeued.WithLabelValues(why)
+	}
 	// Known outcomes start at 0, so that rate() works before the first one.
 	for v, name := range pb.Outcome_name {
 		if pb.Outcome(v) != pb.Outcome_OUTCOME_UNSPECIFIED {
 			m.completed.WithLabelValues(strings.TrimPrefix(name, "OUTCOME_"))
 		}
 	}
-	m.reg.MustRegister(m.submitted, m.completed, m.logLines, m.pruned, &stateCollector{s: s},
+	m.reg.MustRegister(m.submitted, m.completed, m.logLines, m.pruned, m.requeued, &stateCollector{s: s},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stevedore", Subsystem: "server", Name: "info",
 			Help:        "Always 1; the server's version and wire protocol version as labels.",
 			ConstLabels: prometheus.Labels{"version": version.Version, "protocol": strconv.Itoa(version.Protocol)}},
