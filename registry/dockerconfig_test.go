@@ -210,10 +210,14 @@ func TestDockerConfigAndHelpers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r.helperTimeout = 300 * time.Millisecond
+			// Only the slow helper is given a short time: under load a fake
+			// helper that answers may need more than that to start.
+			if strings.HasPrefix(tt.image, "slow.") {
+				r.helperTimeout = 300 * time.Millisecond
+			}
 			start := time.Now()
 			got, source, err := r.Resolve(context.Background(), tt.image, "", nil)
-			if took := time.Since(start); took > 5*time.Second {
+			if took := time.Since(start); took > 15*time.Second {
 				t.Errorf("Resolve took %s", took)
 			}
 			if tt.wantErr != "" {
