@@ -84,7 +84,8 @@ func TestAPIKeyRoles(t *testing.T) {
 		{"GET", "/api/steps/{done}/artifacts/" + final.Artifacts[0].Name, "", reader, http.StatusOK, 0},
 		{"GET", "/api/workers", "", reader, http.StatusOK, 0},
 		{"POST", "/api/steps", `{"pool":"nowhere","step":{"script":{"body":"true"}}}`, submitter, http.StatusCreated, 0},
-		// {queued}: a step submitted for the request, waiting for a worker.
+		// {queued}: a step submitted for the request, waiting for a worker:
+		// by the caller when it may submit (a submitter cancels its own).
 		{"POST", "/api/steps/{queued}/cancel", "", submitter, http.StatusAccepted, 0},
 		{"POST", "/api/workers", `{"name":"listening-{n}","address":"127.0.0.1:1","thumbprint":"` + thumbprint + `"}`, adminRole, http.StatusCreated, 0},
 		{"GET", "/api/trust", "", adminRole, http.StatusOK, 0},
@@ -101,7 +102,11 @@ func TestAPIKeyRoles(t *testing.T) {
 			n++
 			path := strings.ReplaceAll(r.path, "{done}", done.ID)
 			if strings.Contains(path, "{queued}") {
-				path = strings.ReplaceAll(path, "{queued}", admin.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0")).ID)
+				by := admin
+				if slices.Contains(c.grants, submitter) {
+					by = c.api
+				}
+				path = strings.ReplaceAll(path, "{queued}", by.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0")).ID)
 			}
 			if strings.Contains(path, "{key}") {
 				path = strings.ReplaceAll(path, "{key}", admin.createKey(fmt.Sprintf("doomed-%d", n), reader).ID)
@@ -238,5 +243,43 @@ func TestAPIKeyLifecycle(t *testing.T) {
 	}
 	if keys := listed(); len(keys) != 0 {
 		t.Errorf("listed after revocation: %+v", keys)
+	}
+}
+
+// A submitter cancels the steps it submitted, not another's; an admin
+// cancels any.
+func TestSubmitterCancelsOnlyItsOwnSteps(t *testing.T) {
+	e := newEnv(t)
+	admin := e.api()
+	teamA := admin.as(admin.createKey("team-a", server.RoleSubmitter).Key)
+	teamB := admin.as(admin.createKey("team-b", server.RoleSubmitter).Key)
+	stepA := teamA.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	stepB := teamB.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	byAdmin := admin.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	tests := []struct {
+		name string
+		by   *api
+		step string
+		want int
+	}{
+		{"another team's step", teamA, stepB.ID, http.StatusForbidden},
+		{"the admin's step", teamA, byAdmin.ID, http.StatusForbidden},
+		{"its own step", teamA, stepA.ID, http.StatusAccepted},
+		{"the admin, another's step", admin, stepB.ID, http.StatusAccepted},
+		{"an unknown step", teamA, "s-no-such-step", http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, b := tt.by.do("POST", "/api/steps/"+tt.step+"/cancel", nil)
+			if code != tt.want {
+				t.Fatalf("%d %s, want %d", code, b, tt.want)
+			}
+			if code == http.StatusForbidden && !strings.Contains(string(b), "only its own steps") {
+				t.Errorf("403 %s does not say why", b)
+			}
+		})
+	}
+	if v := admin.step(byAdmin.ID); v.State != server.StateQueued {
+		t.Errorf("the admin's step is %s after a refused cancel", v.State)
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -381,6 +382,13 @@ func (s *Server) apiArtifact(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiCancel(w http.ResponseWriter, r *http.Request) {
+	// A submitter cancels its own steps; another team's are not its to stop.
+	if p := principalOf(r); p.Role != RoleAdmin {
+		if rec, ok := s.Step(r.PathValue("id")); ok && rec.SubmittedBy != p.Name {
+			apiError(w, http.StatusForbidden, fmt.Errorf("step %s was submitted by %s: %s may cancel only its own steps (an admin may cancel any)", rec.ID, cmp.Or(rec.SubmittedBy, "an earlier server"), p.Name))
+			return
+		}
+	}
 	rec, err := s.Cancel(r.PathValue("id"))
 	switch {
 	case errors.Is(err, ErrUnknownStep):
