@@ -65,6 +65,9 @@ var (
 	ErrUnknownKey = errors.New("unknown key")
 	// ErrBadKey: no key has this secret (never had, or revoked).
 	ErrBadKey = errors.New("unknown or revoked API key")
+	// ErrKeyExpired: the key's expires_at has passed.
+	ErrKeyExpired = errors.New("API key expired")
+	ErrBadExpiry  = errors.New("bad expiry")
 )
 
 // keyName keeps names plain: they appear in step records ("key:NAME") and logs.
@@ -77,6 +80,8 @@ type APIKey struct {
 	Role       Role      `json:"role"`
 	CreatedAt  time.Time `json:"created_at"`
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
+	// ExpiresAt is when the key stops working; zero: never.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
 // NewAPIKey is a key just created, with its secret: the only time the
@@ -86,13 +91,17 @@ type NewAPIKey struct {
 	Key string `json:"key"`
 }
 
-// CreateAPIKey makes a key with a new secret. Names are unique.
-func (s *Server) CreateAPIKey(name string, role Role) (NewAPIKey, error) {
+// CreateAPIKey makes a key with a new secret, which stops working ttl
+// after (0: never). Names are unique.
+func (s *Server) CreateAPIKey(name string, role Role, ttl time.Duration) (NewAPIKey, error) {
 	if !keyName.MatchString(name) {
 		return NewAPIKey{}, fmt.Errorf("%w %q: want 1 to 64 letters, digits, '.', '_' or '-', beginning with a letter or digit", ErrBadKeyName, name)
 	}
 	if role.rank() == 0 {
 		return NewAPIKey{}, fmt.Errorf("%w %q: want %s, %s or %s", ErrBadRole, role, RoleAdmin, RoleSubmitter, RoleReader)
+	}
+	if ttl < 0 {
+		return NewAPIKey{}, fmt.Errorf("%w %s: want a positive duration, or none for a key that does not expire", ErrBadExpiry, ttl)
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -105,6 +114,9 @@ func (s *Server) CreateAPIKey(name string, role Role) (NewAPIKey, error) {
 	nk := NewAPIKey{
 		APIKey: APIKey{ID: "k" + hex.EncodeToString(idBytes), Name: name, Role: role, CreatedAt: s.clock().UTC()},
 		Key:    APIKeyPrefix + base64.RawURLEncoding.EncodeToString(secret),
+	}
+	if ttl > 0 {
+		nk.ExpiresAt = nk.CreatedAt.Add(ttl)
 	}
 	// A plain SHA-256 suffices, unlike the admin's password (PBKDF2): the
 	// secret is 256 random bits, so there is no dictionary to try against
@@ -196,6 +208,9 @@ func (s *Server) AuthenticateKey(secret string) (APIKey, error) {
 	})
 	if !found {
 		return APIKey{}, ErrBadKey
+	}
+	if !k.ExpiresAt.IsZero() && !s.clock().Before(k.ExpiresAt) {
+		return APIKey{}, fmt.Errorf("%w at %s: ask the admin for a new one", ErrKeyExpired, k.ExpiresAt.Format(time.RFC3339))
 	}
 	s.noteKeyUse(hash, k)
 	return k, nil

@@ -283,3 +283,46 @@ func TestSubmitterCancelsOnlyItsOwnSteps(t *testing.T) {
 		t.Errorf("the admin's step is %s after a refused cancel", v.State)
 	}
 }
+
+// A key made with expires_in works until then, and is refused from then
+// on saying it expired; a bad expires_in is refused at creation.
+func TestAPIKeyExpiry(t *testing.T) {
+	e := newEnv(t)
+	admin := e.api()
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	var offset atomic.Int64
+	server.SetKeyClock(e.srv, func() time.Time { return t0.Add(time.Duration(offset.Load())) })
+	code, raw := admin.do("POST", "/api/keys", server.CreateKeyBody{Name: "temp", Role: server.RoleReader, ExpiresIn: "1h"})
+	var k server.NewAPIKey
+	if code != http.StatusCreated || json.Unmarshal(raw, &k) != nil || !k.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	temp := admin.as(k.Key)
+	tests := []struct {
+		name  string
+		after time.Duration
+		want  int
+	}{
+		{"just made", 0, http.StatusOK},
+		{"a second before", time.Hour - time.Second, http.StatusOK},
+		{"at its expiry", time.Hour, http.StatusUnauthorized},
+		{"long after", 48 * time.Hour, http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			offset.Store(int64(tt.after))
+			code, b := temp.do("GET", "/api/steps", nil)
+			if code != tt.want {
+				t.Fatalf("%d %s, want %d", code, b, tt.want)
+			}
+			if code == http.StatusUnauthorized && !strings.Contains(string(b), "expired") {
+				t.Errorf("401 %s does not say the key expired", b)
+			}
+		})
+	}
+	for _, bad := range []string{"soon", "-1h", "0s"} {
+		if code, b := admin.do("POST", "/api/keys", server.CreateKeyBody{Name: "bad", Role: server.RoleReader, ExpiresIn: bad}); code != http.StatusBadRequest {
+			t.Errorf("expires_in %q: %d %s, want 400", bad, code, b)
+		}
+	}
+}

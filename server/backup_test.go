@@ -19,7 +19,7 @@ func TestBackupRestoresTheServer(t *testing.T) {
 	done := a.submit(map[string]any{"pool": "linux"}, numbered(3, "0"))
 	e.waitComplete(done.ID)
 	queued := a.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
-	key, err := e.srv.CreateAPIKey("ci", server.RoleSubmitter)
+	key, err := e.srv.CreateAPIKey("ci", server.RoleSubmitter, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

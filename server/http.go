@@ -459,6 +459,9 @@ func (s *Server) apiDistrust(w http.ResponseWriter, r *http.Request) {
 type CreateKeyBody struct {
 	Name string `json:"name"`
 	Role Role   `json:"role"`
+	// ExpiresIn, a duration such as "720h", makes the key stop working
+	// then; none: it works until revoked.
+	ExpiresIn string `json:"expires_in,omitempty"`
 }
 
 func (s *Server) apiCreateKey(w http.ResponseWriter, r *http.Request) {
@@ -466,11 +469,20 @@ func (s *Server) apiCreateKey(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
-	k, err := s.CreateAPIKey(body.Name, body.Role)
+	var ttl time.Duration
+	if body.ExpiresIn != "" {
+		d, err := time.ParseDuration(body.ExpiresIn)
+		if err != nil || d <= 0 {
+			apiError(w, http.StatusBadRequest, fmt.Errorf(`%w: expires_in %q: want a positive duration such as "720h"`, ErrBadExpiry, body.ExpiresIn))
+			return
+		}
+		ttl = d
+	}
+	k, err := s.CreateAPIKey(body.Name, body.Role, ttl)
 	switch {
 	case errors.Is(err, ErrKeyExists):
 		apiError(w, http.StatusConflict, err)
-	case errors.Is(err, ErrBadKeyName), errors.Is(err, ErrBadRole):
+	case errors.Is(err, ErrBadKeyName), errors.Is(err, ErrBadRole), errors.Is(err, ErrBadExpiry):
 		apiError(w, http.StatusBadRequest, err)
 	case err != nil:
 		apiError(w, http.StatusInternalServerError, err)
