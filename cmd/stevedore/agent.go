@@ -342,7 +342,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	return nil
 }
 
-// serveAgentMetrics serves GET /metrics and /healthz on addr over plain
+// serveAgentMetrics serves GET /metrics, /steps and /healthz on addr over plain
 // HTTP, apart from the mutual-TLS gRPC service, as Prometheus scrapes it;
 // the returned func shuts it down.
 func serveAgentMetrics(addr string, a *agent.Agent, log hclog.Logger) (func(), error) {
@@ -352,6 +352,7 @@ func serveAgentMetrics(addr string, a *agent.Agent, log hclog.Logger) (func(), e
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.MetricsHandler())
+	mux.Handle("GET /steps", a.StepsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
