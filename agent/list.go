@@ -59,7 +59,9 @@ func (a *Agent) Steps() []StepSummary {
 		}
 		out = append(out, sum)
 	}
-	slices.SortFunc(out, func(x, y StepSummary) int { return cmp.Or(x.Created.Compare(y.Created), strings.Compare(x.Ticket, y.Ticket)) })
+	slices.SortFunc(out, func(x, y StepSummary) int {
+		return cmp.Or(x.Created.Compare(y.Created), strings.Compare(x.Ticket, y.Ticket))
+	})
 	return out
 }
 
