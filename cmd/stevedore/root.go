@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 		// (--max-steps: STEVEDORE_MAX_STEPS); a flag on the command line wins.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags(), os.LookupEnv) },
 	}
-	root.AddCommand(newVersionCommand(), newCertCommand(), newAgentCommand(), newRunCommand(), newPrepullCommand(), newBundleCommand(), newServerCommand())
+	root.AddCommand(newVersionCommand(), newCertCommand(), newAgentCommand(), newRunCommand(), newPrepullCommand(), newBundleCommand(), newServerCommand(), newInstallCommand())
 	return root
 }
 

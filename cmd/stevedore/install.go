@@ -1,0 +1,291 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"stevedore/executor"
+	"stevedore/internal/fsutil"
+	"stevedore/packaging/systemd"
+	"stevedore/transport"
+)
+
+// Where `stevedore install agent` puts things, under --root; the unit's
+// ExecStart and EnvironmentFile name the same paths.
+const (
+	installBin    = "/usr/local/bin/stevedore"
+	installBundle = "/usr/local/bin/bundle"
+	installConfig = "/etc/stevedore/agent.hcl"
+	installEnv    = "/etc/stevedore/agent.env"
+	installState  = "/var/lib/stevedore"
+	installUnit   = "/etc/systemd/system/" + systemd.AgentUnitName
+)
+
+type installOptions struct {
+	root, server, serverThumbprint, register, listen string
+	trust, pools, labels                             []string
+	noStart                                          bool
+}
+
+func newInstallCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "install", Short: "Install stevedore as a service on this machine"}
+	var o installOptions
+	agentCmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Install this binary and its bundle as the systemd service stevedore-agent",
+		Long: `Installs this stevedore binary and the tool bundle beside it in /usr/local/bin,
+a configuration in /etc/stevedore/agent.hcl, the agent's environment (a
+generated MASTER_KEY, and for polling mode the server's address, thumbprint
+and registration) in /etc/stevedore/agent.env (mode 0600), and the unit
+stevedore-agent.service; creates the agent's identity and prints its
+thumbprint; then enables and starts the service (not with --no-start).
+
+Run again, it replaces the binary, the bundle and the unit, and keeps the
+configuration, the environment and the identity: an upgrade. Running steps
+are not touched (the unit stops the agent only, and the next one reattaches).
+
+Polling mode, for a pool of identical cloud workers (with the server's
+STEVEDORE_REGISTRATION_TOKEN in this environment, the agent trusts itself at
+the server on its first start):
+  stevedore install agent --server HOST:10943 --server-thumbprint T \
+    --register https://HOST:8080 --pool linux
+Listening mode:
+  stevedore install agent --listen :10933 --trust SERVER_THUMBPRINT`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return installAgent(&o, cmd.OutOrStdout()) },
+	}
+	f := agentCmd.Flags()
+	f.StringVar(&o.root, "root", "/", "install under this directory instead (for images and tests)")
+	f.StringVar(&o.server, "server", "", "polling mode: the server's polling address (host:10943)")
+	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
+	f.StringVar(&o.register, "register", "", "polling mode: register the agent's thumbprint at this server API URL on first start (needs STEVEDORE_REGISTRATION_TOKEN)")
+	f.StringVar(&o.listen, "listen", "", "listening mode: the address to serve on (e.g. :10933)")
+	f.StringArrayVar(&o.trust, "trust", nil, "listening mode: a server thumbprint to trust (repeatable)")
+	f.StringArrayVar(&o.pools, "pool", nil, "a pool this worker serves (repeatable)")
+	f.StringArrayVar(&o.labels, "label", nil, "a label K=V this worker reports (repeatable)")
+	f.BoolVar(&o.noStart, "no-start", false, "write the files only; do not run systemctl")
+	cmd.AddCommand(agentCmd)
+	return cmd
+}
+
+func installAgent(o *installOptions, out io.Writer) error {
+	polling, listening := o.server != "", o.listen != ""
+	switch {
+	case polling == listening:
+		return errors.New("give --server and --server-thumbprint (polling mode) or --listen and --trust (listening mode)")
+	case polling && o.serverThumbprint == "":
+		return errors.New("--server needs --server-thumbprint")
+	case listening && len(o.trust) == 0:
+		return errors.New("--listen needs at least one --trust thumbprint: no server could connect")
+	case o.register != "" && os.Getenv("STEVEDORE_REGISTRATION_TOKEN") == "":
+		return errors.New("--register needs the server's STEVEDORE_REGISTRATION_TOKEN in the environment")
+	}
+	for _, t := range append(slices.Clone(o.trust), o.serverThumbprint) {
+		if t == "" {
+			continue
+		}
+		if _, err := transport.ParseThumbprint(t); err != nil {
+			return err
+		}
+	}
+	labels, err := parseLabels(o.labels)
+	if err != nil {
+		return err
+	}
+	under := func(p string) string { return filepath.Join(o.root, p) }
+
+	// The binary and its bundle, replaced whole: an upgrade.
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("this binary: %w", err)
+	}
+	bundle, err := executor.DefaultBundleDir()
+	if err != nil {
+		return err
+	}
+	if _, err := executor.LoadBundle(bundle); err != nil {
+		return err
+	}
+	if err := installFile(self, under(installBin), 0o755); err != nil {
+		return err
+	}
+	if err := installTree(bundle, under(installBundle)); err != nil {
+		return err
+	}
+
+	// Configuration and environment, kept when present: they are the
+	// operator's from then on.
+	var hcl strings.Builder
+	fmt.Fprintf(&hcl, "# Written by `stevedore install agent`; see the README for every setting.\nstate_dir = %q\n", installState)
+	if listening {
+		fmt.Fprintf(&hcl, "listen = %q\ntrust = [%s]\n", o.listen, quoteList(o.trust))
+	}
+	if len(o.pools) > 0 {
+		fmt.Fprintf(&hcl, "pools = [%s]\n", quoteList(o.pools))
+	}
+	if len(labels) > 0 {
+		keys := make([]string, 0, len(labels))
+		for k := range labels {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var kvs []string
+		for _, k := range keys {
+			kvs = append(kvs, strconv.Quote(k)+" = "+strconv.Quote(labels[k]))
+		}
+		fmt.Fprintf(&hcl, "labels = { %s }\n", strings.Join(kvs, ", "))
+	}
+	keptConfig, err := writeIfAbsent(under(installConfig), []byte(hcl.String()), 0o644)
+	if err != nil {
+		return err
+	}
+	key := make([]byte, 16)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	env := []string{"MASTER_KEY=" + base64.StdEncoding.EncodeToString(key)}
+	if polling {
+		env = append(env, "STEVEDORE_SERVER="+o.server, "STEVEDORE_SERVER_THUMBPRINT="+o.serverThumbprint)
+		if o.register != "" {
+			env = append(env, "STEVEDORE_REGISTER="+o.register, "STEVEDORE_REGISTRATION_TOKEN="+os.Getenv("STEVEDORE_REGISTRATION_TOKEN"))
+		}
+	}
+	keptEnv, err := writeIfAbsent(under(installEnv), []byte(strings.Join(env, "\n")+"\n"), 0o600)
+	if err != nil {
+		return err
+	}
+	if err := installBytes(systemd.AgentUnit, under(installUnit), 0o644); err != nil {
+		return fmt.Errorf("unit: %w", err)
+	}
+	if err := os.MkdirAll(under(installState), 0o700); err != nil {
+		return err
+	}
+	id, _, err := transport.LoadOrCreateIdentity(under(installState))
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintf(out, "installed %s and its bundle in %s\n", under(installBin), under(installBundle))
+	for _, f := range []struct {
+		path string
+		kept bool
+	}{{under(installConfig), keptConfig}, {under(installEnv), keptEnv}} {
+		if f.kept {
+			fmt.Fprintf(out, "kept %s as it was\n", f.path)
+		} else {
+			fmt.Fprintf(out, "wrote %s\n", f.path)
+		}
+	}
+	fmt.Fprintf(out, "wrote %s\nagent thumbprint: %s\n", under(installUnit), id.Thumbprint)
+	if o.noStart {
+		fmt.Fprintln(out, "not started (--no-start): systemctl daemon-reload && systemctl enable --now "+systemd.AgentUnitName)
+		return nil
+	}
+	// restart starts a new agent, or replaces a running one with the new
+	// binary; its steps go on and are reattached.
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", systemd.AgentUnitName}, {"restart", systemd.AgentUnitName}} {
+		if b, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, b)
+		}
+	}
+	fmt.Fprintln(out, "started "+systemd.AgentUnitName)
+	return nil
+}
+
+func quoteList(vs []string) string {
+	q := make([]string, len(vs))
+	for i, v := range vs {
+		q[i] = strconv.Quote(v)
+	}
+	return strings.Join(q, ", ")
+}
+
+// writeIfAbsent writes path unless it exists, and reports whether it did.
+func writeIfAbsent(path string, data []byte, mode os.FileMode) (kept bool, err error) {
+	if _, err := os.Stat(path); err == nil {
+		return true, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	return false, installBytes(data, path, mode)
+}
+
+// installFile copies src to dst through a temporary file and a rename, so
+// a running agent's binary is replaced, never written over.
+func installFile(src, dst string, mode os.FileMode) error {
+	if same, _ := sameFile(src, dst); same {
+		return nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return installBytes(b, dst, mode)
+}
+
+// installBytes writes dst, and its directory if missing, through a
+// temporary file and a rename.
+func installBytes(b []byte, dst string, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(dst, b, mode)
+}
+
+// installTree copies the bundle directory src to dst, file by file; a
+// link to a file is copied as the file, a link to a directory is not
+// followed (it could lead back into the tree).
+func installTree(src, dst string) error {
+	if same, _ := sameFile(src, dst); same {
+		return nil
+	}
+	src, err := filepath.EvalSymlinks(src) // WalkDir does not enter a linked root
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		info, err := os.Stat(path) // through a symlink, as the agent reads it
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		return installFile(path, target, info.Mode().Perm())
+	})
+}
+
+func sameFile(a, b string) (bool, error) {
+	ai, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	bi, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(ai, bi), nil
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"stevedore/internal/config"
+	"stevedore/internal/testenv"
+	"stevedore/packaging/systemd"
+)
+
+// `stevedore install agent --root DIR --no-start` lays out the binary, its
+// bundle, a configuration, the environment (0600, with a master key and
+// the polling settings), the unit and an identity; a second run upgrades
+// the binary and keeps what is the operator's.
+func TestInstallAgent(t *testing.T) {
+	root := t.TempDir()
+	server := strings.Repeat("ab", 32)
+	args := []string{"install", "agent", "--root", root, "--no-start", "--server", "srv.internal:10943", "--server-thumbprint", server,
+		"--register", "https://srv.internal:8080", "--pool", "linux", "--pool", "gpu", "--label", "zone=a"}
+	env := []string{"STEVEDORE_REGISTRATION_TOKEN=join-token"}
+	code, stdout, stderr := runStevedore(t, env, args...)
+	if code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", code, stdout, stderr)
+	}
+	at := func(p string) string { return filepath.Join(root, p) }
+
+	bin, _ := os.ReadFile(testenv.Binary(t))
+	if got, err := os.ReadFile(at(installBin)); err != nil || !bytes.Equal(got, bin) {
+		t.Errorf("the installed binary is not this one (%v)", err)
+	}
+	if fi, err := os.Stat(at(installBin)); err != nil || fi.Mode().Perm()&0o111 == 0 {
+		t.Errorf("the installed binary is not executable: %v %v", fi.Mode(), err)
+	}
+	if _, err := os.Stat(at(installBundle + "/bundle.json")); err != nil {
+		t.Errorf("no bundle: %v", err)
+	}
+	cfg, err := config.Load(at(installConfig))
+	if err != nil {
+		t.Fatalf("the written configuration does not load: %v", err)
+	}
+	if cfg.StateDir != installState || strings.Join(cfg.Pools, ",") != "linux,gpu" || cfg.Labels["zone"] != "a" {
+		t.Errorf("configuration %+v", cfg)
+	}
+	envFile, err := os.ReadFile(at(installEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(at(installEnv)); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600: it holds the master key", installEnv, fi.Mode().Perm())
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(envFile)), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		vars[k] = v
+	}
+	if key, err := base64.StdEncoding.DecodeString(vars["MASTER_KEY"]); err != nil || len(key) != 16 {
+		t.Errorf("MASTER_KEY %q: want base64 of 16 bytes", vars["MASTER_KEY"])
+	}
+	for k, want := range map[string]string{"STEVEDORE_SERVER": "srv.internal:10943", "STEVEDORE_SERVER_THUMBPRINT": server,
+		"STEVEDORE_REGISTER": "https://srv.internal:8080", "STEVEDORE_REGISTRATION_TOKEN": "join-token"} {
+		if vars[k] != want {
+			t.Errorf("%s=%q, want %q", k, vars[k], want)
+		}
+	}
+	if unit, err := os.ReadFile(at(installUnit)); err != nil || !bytes.Equal(unit, systemd.AgentUnit) {
+		t.Errorf("the unit is not the packaged one (%v)", err)
+	}
+	_, certOut, _ := runStevedore(t, nil, "cert", "--state-dir", at(installState))
+	if tp := strings.TrimSpace(certOut); tp == "" || !strings.Contains(stdout, "agent thumbprint: "+tp) {
+		t.Errorf("install printed %q; the identity's thumbprint is %q", stdout, tp)
+	}
+
+	// Again: an upgrade keeps the configuration, environment and identity.
+	os.WriteFile(at(installConfig), []byte("# the operator's own\nstate_dir = \"/var/lib/stevedore\"\n"), 0o644)
+	code, again, stderr := runStevedore(t, env, args...)
+	if code != 0 || !strings.Contains(again, "kept "+at(installConfig)) || !strings.Contains(again, "kept "+at(installEnv)) {
+		t.Fatalf("second install: exit %d\n%s%s", code, again, stderr)
+	}
+	if b, _ := os.ReadFile(at(installConfig)); !strings.HasPrefix(string(b), "# the operator's own") {
+		t.Error("the operator's configuration was replaced")
+	}
+	if b, _ := os.ReadFile(at(installEnv)); !bytes.Equal(b, envFile) {
+		t.Error("the environment (and its master key) was replaced")
+	}
+	if !strings.Contains(again, strings.TrimSpace(certOut)) {
+		t.Error("the identity changed")
+	}
+}
+
+func TestInstallAgentRefusesIncompleteSettings(t *testing.T) {
+	tp := strings.Repeat("cd", 32)
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"no mode", nil, nil, "give --server"},
+		{"both modes", []string{"--server", "h:1", "--server-thumbprint", tp, "--listen", ":10933", "--trust", tp}, nil, "give --server"},
+		{"server without thumbprint", []string{"--server", "h:1"}, nil, "--server-thumbprint"},
+		{"listen without trust", []string{"--listen", ":10933"}, nil, "--trust"},
+		{"register without token", []string{"--server", "h:1", "--server-thumbprint", tp, "--register", "http://h:8080"}, []string{"STEVEDORE_REGISTRATION_TOKEN="}, "STEVEDORE_REGISTRATION_TOKEN"},
+		{"bad thumbprint", []string{"--listen", ":10933", "--trust", "nope"}, nil, "thumbprint"},
+		{"bad label", []string{"--listen", ":10933", "--trust", tp, "--label", "zone"}, nil, "K=V"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			code, _, stderr := runStevedore(t, tt.env, append([]string{"install", "agent", "--root", root, "--no-start"}, tt.args...)...)
+			if code == 0 || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want a failure saying %q", code, stderr, tt.want)
+			}
+			if entries, _ := os.ReadDir(root); len(entries) != 0 {
+				t.Errorf("a refused install wrote %d entries", len(entries))
+			}
+		})
+	}
+}
