@@ -90,6 +90,12 @@ func newMetrics(a *Agent) *metrics {
 			return float64(n)
 		}),
 		gauge("docker_engine_available", "1 if the Docker Engine answers a ping now, else 0 (container steps need it).", a.dockerUp),
+		gauge("accepting_steps", "1 if the agent takes new steps now, else 0 (draining, shutting down, or below its free-disk threshold).", func() float64 {
+			if a.notAccepting() != "" {
+				return 0
+			}
+			return 1
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Subsystem: "agent", Name: "info", Help: "Always 1; the agent's version and wire protocol version as labels.",
 			ConstLabels: prometheus.Labels{"version": version.Version, "protocol": strconv.Itoa(version.Protocol)},

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http/httptest"
@@ -76,6 +77,7 @@ func TestMetricsCountSteps(t *testing.T) {
 		{"stevedore_agent_steps_running", 0},
 		{"stevedore_agent_steps_waiting", 0},
 		{"stevedore_agent_max_concurrent_steps", 4},
+		{"stevedore_agent_accepting_steps", 1},
 		{fmt.Sprintf(`stevedore_agent_info{protocol="%d",version=%q}`, version.Protocol, version.Version), 1},
 	}
 	for _, tt := range tests {
@@ -96,6 +98,13 @@ func TestMetricsCountSteps(t *testing.T) {
 		t.Error("a metric is labelled by ticket")
 	}
 
+	// Draining (it holds no step, so the drain is over at once), it says so.
+	if err := other.agent.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := metricValue(t, scrape(t, other), "stevedore_agent_accepting_steps"); got != 0 {
+		t.Errorf("a draining agent's accepting_steps = %v, want 0", got)
+	}
 	if got := metricValue(t, scrape(t, other), "stevedore_agent_steps_started_total"); got != 0 {
 		t.Errorf("the other agent's steps_started_total = %v, want 0", got)
 	}
