@@ -109,7 +109,7 @@ func (a *Agent) Reap(ctx context.Context) (ReapReport, error) {
 			a.log.Debug("containers not reaped: no Docker Engine", "error", err)
 		}
 	}
-	if err := a.reapWorkspaces(&rep); err != nil {
+	if err := a.reapWorkspaces(ctx, &rep); err != nil {
 		errs = append(errs, err)
 	}
 	if !rep.empty() {
@@ -157,7 +157,7 @@ func (a *Agent) reapContainers(ctx context.Context, rep *ReapReport) error {
 	return errors.Join(errs...)
 }
 
-func (a *Agent) reapWorkspaces(rep *ReapReport) error {
+func (a *Agent) reapWorkspaces(ctx context.Context, rep *ReapReport) error {
 	dir := filepath.Join(a.cfg.StateDir, stepsDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -170,6 +170,10 @@ func (a *Agent) reapWorkspaces(rep *ReapReport) error {
 		}
 		if _, err := os.Lstat(filepath.Join(dir, e.Name())); err != nil {
 			continue // removed meanwhile, by CompleteStep say
+		}
+		// A host step's leftovers (its processes, its cgroup) go with it.
+		if err := a.host.Remove(ctx, &executor.Spec{Ticket: e.Name(), StepDir: filepath.Join(dir, e.Name())}); err != nil {
+			a.log.Warn("could not end an orphaned host step's processes", "ticket", e.Name(), "error", err)
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			errs = append(errs, fmt.Errorf("reap workspace: %w", err))

@@ -16,6 +16,9 @@ import (
 	"time"
 )
 
+// stepsCgroup is the cgroup, under the agent's, of its host steps' cgroups.
+const stepsCgroup = "stevedore-steps"
+
 // hostCgroupFile records, in a step directory, the cgroup its host runner
 // was started in, so that an agent started later finds it again even if it
 // runs in another cgroup itself.
@@ -47,7 +50,7 @@ func findStepCgroups() stepCgroups {
 	if err != nil {
 		return stepCgroups{why: err.Error()}
 	}
-	dir := filepath.Join(mount, own, "stevedore-steps")
+	dir := filepath.Join(mount, own, stepsCgroup)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return stepCgroups{why: fmt.Sprintf("cannot make %s: %v", dir, err)}
 	}
@@ -157,12 +160,20 @@ func (c stepCgroups) make(stepDir string) (string, *os.File, error) {
 }
 
 // recordedCgroup is the cgroup a step's runner was started in, or "".
+// Only a path of the form make gives is taken: the file lies in a
+// directory the step can write, and cgroup.kill must never reach another
+// cgroup (the agent's own, say).
 func recordedCgroup(stepDir string) string {
 	b, err := os.ReadFile(filepath.Join(stepDir, hostCgroupFile))
 	if err != nil {
 		return ""
 	}
-	return strings.TrimSpace(string(b))
+	p := strings.TrimSpace(string(b))
+	name := filepath.Base(p)
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p || filepath.Base(filepath.Dir(p)) != stepsCgroup || len(name) != 24 || strings.Trim(name, "0123456789abcdef") != "" {
+		return ""
+	}
+	return p
 }
 
 // cgroupProcs lists the processes in cgroup path.

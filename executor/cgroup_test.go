@@ -1,9 +1,17 @@
 package executor
 
 import (
+	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"stevedore/internal/testenv"
 )
 
 func writeTemp(t *testing.T, body string) string {
@@ -55,5 +63,55 @@ func TestOwnCgroup2(t *testing.T) {
 				t.Fatalf("got %q, %v; want %q (error %v)", got, err, tt.want, tt.wantErr)
 			}
 		})
+	}
+}
+
+// Where the kernel will not start a process into the step's cgroup (here a
+// directory that is no cgroup; Linux before 5.7 refuses them all), the
+// runner still starts, tracked by session, and cgroups are off for the
+// steps after it, as Tracking says.
+func TestHostStartsWithoutTheCgroupItCannotUse(t *testing.T) {
+	bundle, err := LoadBundle(testenv.BundleDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHost(bundle, hclog.NewNullLogger())
+	h.cg = stepCgroups{dir: t.TempDir()} // not a cgroup: clone3 refuses it
+	stepDir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(stepDir, "work"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec := &Spec{Ticket: "t1", StepDir: stepDir}
+	if err := h.Start(context.Background(), spec, nil); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if _, err := h.Wait(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Tracking(); !strings.HasPrefix(got, "session") {
+		t.Errorf("Tracking() = %q after the refusal, want session", got)
+	}
+	if _, err := os.Stat(filepath.Join(stepDir, hostCgroupFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a cgroup is recorded for a runner that is not in it: %v", err)
+	}
+}
+
+func TestRecordedCgroupTakesOnlyAStepCgroup(t *testing.T) {
+	tests := []struct {
+		recorded, want string
+	}{
+		{"/sys/fs/cgroup/unified/stevedore-steps/0123456789abcdef01234567", "/sys/fs/cgroup/unified/stevedore-steps/0123456789abcdef01234567"},
+		{"/sys/fs/cgroup/system.slice/stevedore-agent.service", ""},
+		{"/sys/fs/cgroup/stevedore-steps/../system.slice/0123456789abcdef01234567", ""},
+		{"stevedore-steps/0123456789abcdef01234567", ""},
+		{"/sys/fs/cgroup/stevedore-steps/0123456789ABCDEF01234567", ""},
+		{"/sys/fs/cgroup/stevedore-steps/", ""},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, hostCgroupFile), []byte(tt.recorded+"\n"), 0o600)
+		if got := recordedCgroup(dir); got != tt.want {
+			t.Errorf("recorded %q: got %q, want %q", tt.recorded, got, tt.want)
+		}
 	}
 }

@@ -52,7 +52,13 @@ func NewHost(bundle *Bundle, log hclog.Logger) *Host {
 
 // Tracking says how host steps' processes are found and killed: by cgroup
 // or, without a writable cgroup v2, by session and mark.
-func (h *Host) Tracking() string { return h.cg.Tracking() }
+func (h *Host) Tracking() string { return h.cgroups().Tracking() }
+
+func (h *Host) cgroups() stepCgroups {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cg
+}
 
 // Prepare implements Executor. Nothing to prepare on the host.
 func (h *Host) Prepare(context.Context, *Spec, LogFunc) error { return nil }
@@ -64,13 +70,17 @@ func (h *Host) Start(_ context.Context, spec *Spec, stdin []byte) error {
 		return fmt.Errorf("runner log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(h.bundle.RunnerPath(), "run", spec.StepDir)
-	cmd.Dir = filepath.Join(spec.StepDir, "work")
-	cmd.Stdin = bytes.NewReader(stdin)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Env = runnerEnv(os.Environ())
-	if err := h.startInCgroup(cmd, spec); err != nil {
+	newCmd := func() *exec.Cmd {
+		cmd := exec.Command(h.bundle.RunnerPath(), "run", spec.StepDir)
+		cmd.Dir = filepath.Join(spec.StepDir, "work")
+		cmd.Stdin = bytes.NewReader(stdin)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.Env = runnerEnv(os.Environ())
+		return cmd
+	}
+	cmd, err := h.startInCgroup(newCmd, spec)
+	if err != nil {
 		return fmt.Errorf("start runner: %w", err)
 	}
 	p := &hostProc{pid: cmd.Process.Pid, done: make(chan struct{})}
@@ -88,33 +98,42 @@ func (h *Host) Start(_ context.Context, spec *Spec, stdin []byte) error {
 	return nil
 }
 
-// startInCgroup starts cmd in the step's own cgroup, recorded in the step
-// directory first so that no runner ever runs unrecorded; without one, or
-// when the kernel refuses to start a process into it, cmd starts in the
-// agent's cgroup and the step is tracked by session.
-func (h *Host) startInCgroup(cmd *exec.Cmd, spec *Spec) error {
-	path, dir, err := h.cg.make(spec.StepDir)
+// startInCgroup starts a runner from newCmd in the step's own cgroup,
+// recorded in the step directory first so that no runner ever runs
+// unrecorded. Without one, or when the kernel refuses to start a process
+// into it (clone3's CLONE_INTO_CGROUP needs Linux 5.7), the runner starts
+// in the agent's cgroup and the step is tracked by session; a refusal
+// turns cgroups off for the steps after it too, and capabilities say so.
+func (h *Host) startInCgroup(newCmd func() *exec.Cmd, spec *Spec) (*exec.Cmd, error) {
+	cg := h.cgroups()
+	path, dir, err := cg.make(spec.StepDir)
 	if err != nil {
 		h.log.Warn("host step runs without a cgroup of its own", "ticket", spec.Ticket, "error", err)
 	}
+	cmd := newCmd()
 	if dir == nil {
-		return cmd.Start()
+		return cmd, cmd.Start()
 	}
 	defer dir.Close()
 	record := filepath.Join(spec.StepDir, hostCgroupFile)
 	if err := os.WriteFile(record, []byte(path+"\n"), 0o600); err != nil {
-		return fmt.Errorf("record the step's cgroup: %w", err)
+		_ = os.Remove(path)
+		h.log.Warn("host step runs without a cgroup of its own: cannot record it", "ticket", spec.Ticket, "error", err)
+		return cmd, cmd.Start()
 	}
 	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(dir.Fd())
 	err = cmd.Start()
 	if err == nil {
-		return nil
+		return cmd, nil
 	}
-	h.log.Warn("cannot start the runner in the step's cgroup; tracking it by session", "ticket", spec.Ticket, "error", err)
+	h.log.Warn("cannot start a runner into its cgroup: host steps are tracked by session from now on", "ticket", spec.Ticket, "error", err)
+	h.mu.Lock()
+	h.cg = stepCgroups{why: fmt.Sprintf("starting a process into a cgroup failed: %v", err)}
+	h.mu.Unlock()
 	_ = os.Remove(record)
 	_ = os.Remove(path)
-	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = false, 0
-	return cmd.Start()
+	cmd = newCmd() // an exec.Cmd starts once, even after a failed start
+	return cmd, cmd.Start()
 }
 
 func exitFromWait(st *os.ProcessState, err error) Exit {
