@@ -69,7 +69,7 @@ func (s *Server) dispatch() {
 			continue
 		}
 		s.log.Info("step dispatched", "step", rec.ID, "worker", w.rec.Name)
-		go s.drive(rec, false)
+		go s.drive(rec, w, false)
 	}
 }
 
@@ -89,15 +89,18 @@ func (s *Server) pick(rec StepRecord) *worker {
 	var known, serving, connected, compatible, capable, accepting int
 	refusal := ""
 	for _, w := range s.workers {
-		if !w.inTarget(rec) {
+		// Pools and labels change with capabilities, under w.mu.
+		w.mu.Lock()
+		in, labelled := w.inTarget(rec), w.hasLabels(rec.Labels)
+		if !in || !labelled {
+			w.mu.Unlock()
+			if in {
+				known++
+			}
 			continue
 		}
 		known++
-		if !w.hasLabels(rec.Labels) {
-			continue
-		}
 		serving++
-		w.mu.Lock()
 		up := w.client != nil
 		docker := w.caps.GetDocker().GetAvailable()
 		free := up && w.inflight < w.slots
@@ -120,7 +123,7 @@ func (s *Server) pick(rec StepRecord) *worker {
 		}
 		capable++
 		if notAccepting != "" {
-			refusal = w.rec.Name + ": " + notAccepting
+			refusal = w.rec.Name + ": " + notAccepting // the name never changes
 			continue
 		}
 		accepting++
@@ -172,28 +175,41 @@ func (s *Server) waitingFor(id string) string {
 // next, up to Config.WorkerLostAfter; then a step that was never sent is
 // queued again, and one that may have been ends LOST. resumed: an earlier
 // server process drove the step, and may have sent it.
-func (s *Server) drive(rec StepRecord, resumed bool) {
+func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 	log := s.log.With("step", rec.ID, "worker", rec.Assigned)
-	s.mu.Lock()
-	w := s.workers[rec.Assigned]
-	s.mu.Unlock()
 	// The slot is given back before the step's end is recorded, so that
 	// whoever sees the step complete also sees its worker's slot free.
+	requeued := false
 	release := sync.OnceFunc(func() {
 		if w != nil {
 			w.mu.Lock()
 			w.inflight--
 			w.mu.Unlock()
 		}
-		s.mu.Lock()
-		delete(s.cancels, rec.ID)
-		s.mu.Unlock()
+		if !requeued { // a new driver may have the step, and its cancel signal, by now
+			s.mu.Lock()
+			delete(s.cancels, rec.ID)
+			s.mu.Unlock()
+		}
 		s.kick()
 	})
 	defer release()
 	finish := func(rec StepRecord, code *int32, outcome, reason string) {
 		release()
 		s.finish(rec, code, outcome, reason)
+	}
+	// requeue gives back a step the worker never took, unless it is to be
+	// cancelled: then it ends here.
+	requeue := func(label string, why error) {
+		if s.cancelRequested(rec.ID) {
+			finish(rec, nil, "CANCELLED", "cancelled before a worker took it")
+			return
+		}
+		s.mu.Lock()
+		delete(s.cancels, rec.ID)
+		s.mu.Unlock()
+		requeued = true
+		s.requeue(rec, label, why) // the deferred release lets dispatch see it
 	}
 	if w == nil {
 		finish(rec, nil, "AGENT_ERROR", "the assigned worker is unknown to this server")
@@ -222,7 +238,7 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 		client, done, err := w.waitClient(s.ctx, s.cfg.WorkerLostAfter)
 		if errors.Is(err, errWorkerGone) {
 			if !sent {
-				s.requeue(rec, requeueWorkerGone, err) // the deferred release lets dispatch see it
+				requeue(requeueWorkerGone, err)
 				return
 			}
 			s.abandon(rec)
@@ -256,7 +272,7 @@ func (s *Server) drive(rec StepRecord, resumed bool) {
 					// Draining, or low on disk: it recorded nothing, so
 					// another worker may run the step.
 					w.refuses(status.Convert(err).Message())
-					s.requeue(rec, requeueRefused, err)
+					requeue(requeueRefused, err)
 					return
 				}
 				if retryable(err) {

@@ -33,13 +33,14 @@ const (
 // went away before the step was sent, or refused it for what the worker
 // is now): it never ran, so another worker may run it.
 func (s *Server) requeue(rec StepRecord, label string, why error) {
+	worker := rec.Assigned
 	rec.State, rec.Assigned, rec.StartedAt = StateQueued, "", time.Time{}
 	if err := s.putStep(rec); err != nil {
 		s.log.Error("cannot queue a step again", "step", rec.ID, "error", err)
 		return
 	}
 	s.metrics.requeued.WithLabelValues(label).Inc()
-	s.log.Info("step queued again: its worker did not take it", "step", rec.ID, "worker", rec.Assigned, "why", why)
+	s.log.Info("step queued again: its worker did not take it", "step", rec.ID, "worker", worker, "why", why)
 }
 
 // abandon records that rec, ended LOST, may still be on its worker.

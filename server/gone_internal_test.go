@@ -42,7 +42,7 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	if err := s.putStep(rec); err != nil {
 		t.Fatal(err)
 	}
-	s.drive(rec, false)
+	s.drive(rec, w, false)
 	got, _ := s.Step(rec.ID)
 	if got.State != StateQueued || got.Assigned != "" || got.Outcome != "" {
 		t.Fatalf("state %q assigned %q outcome %q, want queued again", got.State, got.Assigned, got.Outcome)
@@ -53,8 +53,26 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	// A step an earlier server process drove may have been sent: LOST.
 	got.State, got.Assigned = StateRunning, "w1"
 	w.inflight++
-	s.drive(got, true)
+	s.drive(got, w, true)
 	if got, _ = s.Step(rec.ID); got.Outcome != "LOST" {
 		t.Fatalf("outcome %q (%s), want LOST", got.Outcome, got.Reason)
+	}
+
+	// One whose cancel was asked for meanwhile is not queued again: it ends.
+	rec, err = s.Submit(SubmitRequest{Pool: "p", Step: &pb.StartStepRequest{Script: &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: "true"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.inflight++
+	rec.State, rec.Assigned = StateRunning, "w1"
+	if err := s.putStep(rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Cancel(rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	s.drive(rec, w, false)
+	if got, _ = s.Step(rec.ID); got.Outcome != "CANCELLED" || w.inflight != 0 {
+		t.Fatalf("outcome %q (%s), %d in flight; want CANCELLED and the slot back", got.Outcome, got.Reason, w.inflight)
 	}
 }

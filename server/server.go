@@ -68,6 +68,8 @@ var (
 	ErrUnknownWorker = errors.New("unknown worker")
 	ErrUnknownStep   = errors.New("unknown step")
 	ErrStepComplete  = errors.New("the step has completed")
+	// errStateChanged: a step's record changed state under a read-modify-write.
+	errStateChanged = errors.New("the step changed state meanwhile")
 )
 
 // StepRecord is the server's durable record of a step.
@@ -273,10 +275,11 @@ func New(cfg Config) (*Server, error) {
 	// Steps that were running are driven on from their cursors.
 	for _, rec := range s.Steps() {
 		if rec.State == StateRunning {
-			if w := s.workers[rec.Assigned]; w != nil {
+			w := s.workers[rec.Assigned]
+			if w != nil {
 				w.inflight++
 			}
-			go s.drive(rec, true)
+			go s.drive(rec, w, true)
 		}
 	}
 	go s.dispatchLoop()
@@ -419,33 +422,64 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 func (s *Server) Cancel(id string) (StepRecord, error) {
 	s.dispatchMu.Lock()
 	defer s.dispatchMu.Unlock()
-	rec, ok := s.Step(id)
-	switch {
-	case !ok:
-		return rec, fmt.Errorf("%w: %s", ErrUnknownStep, id)
-	case rec.State == StateComplete:
-		return rec, ErrStepComplete
-	case rec.State == StateQueued:
-		s.mu.Lock()
-		delete(s.waiting, id)
-		s.mu.Unlock()
-		rec.CancelRequested = true
-		s.finish(rec, nil, "CANCELLED", "cancelled before it was dispatched")
-	default:
-		rec.CancelRequested = true
-		if err := s.putStep(rec); err != nil {
-			return rec, err
+	for {
+		rec, ok := s.Step(id)
+		switch {
+		case !ok:
+			return rec, fmt.Errorf("%w: %s", ErrUnknownStep, id)
+		case rec.State == StateComplete:
+			return rec, ErrStepComplete
+		case rec.State == StateQueued:
+			// dispatchMu keeps dispatch, and so any change, away.
+			s.mu.Lock()
+			delete(s.waiting, id)
+			s.mu.Unlock()
+			rec.CancelRequested = true
+			s.finish(rec, nil, "CANCELLED", "cancelled before it was dispatched")
+		default:
+			err := s.markCancel(id)
+			if errors.Is(err, errStateChanged) {
+				continue // ended or queued again since it was read: look again
+			}
+			if err != nil {
+				return rec, err
+			}
+			s.log.Info("step cancel requested", "step", id, "worker", rec.Assigned)
+			s.mu.Lock()
+			if ch := s.cancels[id]; ch != nil {
+				close(ch)
+				delete(s.cancels, id)
+			}
+			s.mu.Unlock()
 		}
-		s.log.Info("step cancel requested", "step", id, "worker", rec.Assigned)
-		s.mu.Lock()
-		if ch := s.cancels[id]; ch != nil {
-			close(ch)
-			delete(s.cancels, id)
-		}
-		s.mu.Unlock()
+		rec, _ = s.Step(id)
+		return rec, nil
 	}
-	rec, _ = s.Step(id)
-	return rec, nil
+}
+
+// markCancel records a running step's cancel request, only if it still
+// runs: its driver may have ended it, or queued it again, since it was
+// read, and that record must not be undone (errStateChanged).
+func (s *Server) markCancel(id string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var cur StepRecord
+		if v := tx.Bucket(stepsBucket).Get([]byte(id)); v == nil || json.Unmarshal(v, &cur) != nil || cur.State != StateRunning {
+			return errStateChanged
+		}
+		cur.CancelRequested = true
+		b, err := json.Marshal(cur)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(cancelsBucket).Put([]byte(id), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(stepsBucket).Put([]byte(id), b)
+	})
+	if err == nil {
+		s.notify(id)
+	}
+	return err
 }
 
 // cancelSignal returns a channel closed when a cancel of step id is

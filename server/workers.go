@@ -292,6 +292,7 @@ func (s *Server) admit(pc *transport.PollingConn) {
 }
 
 // inTarget reports whether w is the worker rec asks for, or of its pool.
+// The caller holds w.mu.
 func (w *worker) inTarget(rec StepRecord) bool {
 	if rec.Worker != "" {
 		return w.rec.Name == rec.Worker
@@ -299,7 +300,7 @@ func (w *worker) inTarget(rec StepRecord) bool {
 	return slices.Contains(w.rec.Pools, rec.Pool)
 }
 
-// hasLabels reports whether w has every one of labels.
+// hasLabels reports whether w has every one of labels. The caller holds w.mu.
 func (w *worker) hasLabels(labels map[string]string) bool {
 	for k, v := range labels {
 		if have, ok := w.rec.Labels[k]; !ok || have != v {
