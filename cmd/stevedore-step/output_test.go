@@ -238,6 +238,8 @@ func sealedEventLen(name string, n int) int {
 func TestLogLimit(t *testing.T) {
 	setVar := "##stevedore[setVariable name='" + b64("A") + "' value='" + b64("b") + "']"
 	cutLine := "stevedore-step: the step's output reached its log limit of 10B: what it writes from here on is counted, not kept; service messages still work"
+	progress := "##stevedore[progress percentage='" + b64("50") + "' message='" + b64("half") + "']"
+	progressEvent, _ := json.Marshal(steplog.Event{Type: "progress", Percentage: 50, Message: "half"})
 	tests := []struct {
 		name           string
 		limit          int64
@@ -253,6 +255,8 @@ func TestLogLimit(t *testing.T) {
 			"stevedore-step: 11 bytes of output in 2 records were not kept: the log limit is 10B"},
 		{"service messages still work past it", 10, "aaaaaaaaaaa\n" + setVar + "\n", "", []rec{{2, false, cutLine}, {3, false, `{"type":"setVariable","name":"A","value":"b"}`}},
 			"stevedore-step: 11 bytes of output in 1 records were not kept: the log limit is 10B"},
+		{"progress past it is counted, not kept", 10, "aaaaaaaaaaa\n" + progress + "\n", "", []rec{{2, false, cutLine}},
+			fmt.Sprintf("stevedore-step: %d bytes of output in 2 records were not kept: the log limit is 10B", 11+len(progressEvent))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
