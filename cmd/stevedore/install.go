@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"stevedore/executor"
+	"stevedore/internal/config"
 	"stevedore/internal/fsutil"
 	"stevedore/packaging/systemd"
 	"stevedore/transport"
@@ -104,6 +106,13 @@ func installAgent(o *installOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	hcl, err := agentHCL(o, labels, listening)
+	if err != nil {
+		return err
+	}
+	if filepath.Clean(o.root) != "/" {
+		o.noStart = true // systemctl would act on this machine, not on the tree
+	}
 	under := func(p string) string { return filepath.Join(o.root, p) }
 
 	// The binary and its bundle, replaced whole: an upgrade.
@@ -127,27 +136,7 @@ func installAgent(o *installOptions, out io.Writer) error {
 
 	// Configuration and environment, kept when present: they are the
 	// operator's from then on.
-	var hcl strings.Builder
-	fmt.Fprintf(&hcl, "# Written by `stevedore install agent`; see the README for every setting.\nstate_dir = %q\n", installState)
-	if listening {
-		fmt.Fprintf(&hcl, "listen = %q\ntrust = [%s]\n", o.listen, quoteList(o.trust))
-	}
-	if len(o.pools) > 0 {
-		fmt.Fprintf(&hcl, "pools = [%s]\n", quoteList(o.pools))
-	}
-	if len(labels) > 0 {
-		keys := make([]string, 0, len(labels))
-		for k := range labels {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		var kvs []string
-		for _, k := range keys {
-			kvs = append(kvs, strconv.Quote(k)+" = "+strconv.Quote(labels[k]))
-		}
-		fmt.Fprintf(&hcl, "labels = { %s }\n", strings.Join(kvs, ", "))
-	}
-	keptConfig, err := writeIfAbsent(under(installConfig), []byte(hcl.String()), 0o644)
+	keptConfig, err := writeIfAbsent(under(installConfig), hcl, 0o644)
 	if err != nil {
 		return err
 	}
@@ -204,10 +193,59 @@ func installAgent(o *installOptions, out io.Writer) error {
 	return nil
 }
 
-func quoteList(vs []string) string {
+// agentHCL writes the agent's configuration file for o, and reads it back
+// as the agent will, so that a value HCL would read otherwise (a "${",
+// a control character) is refused now rather than at the agent's start.
+func agentHCL(o *installOptions, labels map[string]string, listening bool) ([]byte, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by `stevedore install agent`; see the README for every setting.\nstate_dir = %s\n", hclString(installState))
+	if listening {
+		fmt.Fprintf(&b, "listen = %s\ntrust = [%s]\n", hclString(o.listen), hclList(o.trust))
+	}
+	if len(o.pools) > 0 {
+		fmt.Fprintf(&b, "pools = [%s]\n", hclList(o.pools))
+	}
+	if len(labels) > 0 {
+		keys := make([]string, 0, len(labels))
+		for k := range labels {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var kvs []string
+		for _, k := range keys {
+			kvs = append(kvs, hclString(k)+" = "+hclString(labels[k]))
+		}
+		fmt.Fprintf(&b, "labels = { %s }\n", strings.Join(kvs, ", "))
+	}
+	tmp, err := os.CreateTemp("", "stevedore-agent-*.hcl")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if _, err := tmp.WriteString(b.String()); err != nil {
+		return nil, err
+	}
+	cfg, err := config.Load(tmp.Name())
+	if err != nil {
+		return nil, fmt.Errorf("the configuration for these settings does not read back: %w", err)
+	}
+	if !slices.Equal(cfg.Pools, o.pools) && len(o.pools) > 0 || len(labels) > 0 && !maps.Equal(cfg.Labels, labels) {
+		return nil, fmt.Errorf("a pool or label does not survive the configuration file: pools %q labels %q read back as %q %q", o.pools, labels, cfg.Pools, cfg.Labels)
+	}
+	return []byte(b.String()), nil
+}
+
+// hclString quotes v for HCL: Go's quoting, with HCL's template
+// introducers escaped so "${" stays text.
+func hclString(v string) string {
+	return strings.NewReplacer("${", "$${", "%{", "%%{").Replace(strconv.Quote(v))
+}
+
+func hclList(vs []string) string {
 	q := make([]string, len(vs))
 	for i, v := range vs {
-		q[i] = strconv.Quote(v)
+		q[i] = hclString(v)
 	}
 	return strings.Join(q, ", ")
 }

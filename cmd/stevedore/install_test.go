@@ -20,8 +20,10 @@ import (
 func TestInstallAgent(t *testing.T) {
 	root := t.TempDir()
 	server := strings.Repeat("ab", 32)
-	args := []string{"install", "agent", "--root", root, "--no-start", "--server", "srv.internal:10943", "--server-thumbprint", server,
-		"--register", "https://srv.internal:8080", "--pool", "linux", "--pool", "gpu", "--label", "zone=a"}
+	// No --no-start: under --root, systemctl is never run (this machine's
+	// services are not the tree's).
+	args := []string{"install", "agent", "--root", root, "--server", "srv.internal:10943", "--server-thumbprint", server,
+		"--register", "https://srv.internal:8080", "--pool", "linux", "--pool", "gpu", "--label", "zone=a", "--label", "note=${not-a-template}"}
 	env := []string{"STEVEDORE_REGISTRATION_TOKEN=join-token"}
 	code, stdout, stderr := runStevedore(t, env, args...)
 	if code != 0 {
@@ -43,7 +45,10 @@ func TestInstallAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the written configuration does not load: %v", err)
 	}
-	if cfg.StateDir != installState || strings.Join(cfg.Pools, ",") != "linux,gpu" || cfg.Labels["zone"] != "a" {
+	if !strings.Contains(stdout, "not started") {
+		t.Errorf("an install under --root says nothing of not starting:\n%s", stdout)
+	}
+	if cfg.StateDir != installState || strings.Join(cfg.Pools, ",") != "linux,gpu" || cfg.Labels["zone"] != "a" || cfg.Labels["note"] != "${not-a-template}" {
 		t.Errorf("configuration %+v", cfg)
 	}
 	envFile, err := os.ReadFile(at(installEnv))
@@ -107,6 +112,7 @@ func TestInstallAgentRefusesIncompleteSettings(t *testing.T) {
 		{"register without token", []string{"--server", "h:1", "--server-thumbprint", tp, "--register", "http://h:8080"}, []string{"STEVEDORE_REGISTRATION_TOKEN="}, "STEVEDORE_REGISTRATION_TOKEN"},
 		{"bad thumbprint", []string{"--listen", ":10933", "--trust", "nope"}, nil, "thumbprint"},
 		{"bad label", []string{"--listen", ":10933", "--trust", tp, "--label", "zone"}, nil, "K=V"},
+		{"a label HCL cannot hold", []string{"--listen", ":10933", "--trust", tp, "--label", "zone=a\x01b"}, nil, "does not read back"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
