@@ -42,10 +42,6 @@ func (a *Agent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*pb.St
 		}
 	}
 	if a.lookup(req.GetTicket()) == nil {
-		// A repeated call for a recorded ticket is answered whatever the disk.
-		if err := a.checkDisk(); err != nil {
-			return nil, transport.NotAccepting(codes.ResourceExhausted, err.Error())
-		}
 		// An upload that is not here fails now, not half-way into the step.
 		for i, f := range req.GetFiles() {
 			if id := f.GetFileId(); id != "" {
@@ -80,6 +76,11 @@ func (a *Agent) accept(req *pb.StartStepRequest) (*step, error) {
 	}
 	if a.refusing != "" {
 		return nil, transport.NotAccepting(codes.Unavailable, a.refusing)
+	}
+	// Under a.mu, after the lookup: a retried StartStep racing the first
+	// is answered with the step, never refused for the disk.
+	if err := a.checkDisk(); err != nil {
+		return nil, transport.NotAccepting(codes.ResourceExhausted, err.Error())
 	}
 	stepKey := make([]byte, 32)
 	if _, err := rand.Read(stepKey); err != nil {
