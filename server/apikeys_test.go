@@ -282,6 +282,20 @@ func TestSubmitterCancelsOnlyItsOwnSteps(t *testing.T) {
 	if v := admin.step(byAdmin.ID); v.State != server.StateQueued {
 		t.Errorf("the admin's step is %s after a refused cancel", v.State)
 	}
+	// A new key under a revoked key's name is another key: not its steps.
+	stepB2 := teamB.submit(map[string]any{"pool": "nowhere"}, numbered(1, "0"))
+	var keys []server.APIKey
+	_, raw := admin.do("GET", "/api/keys", nil)
+	json.Unmarshal(raw, &keys)
+	for _, k := range keys {
+		if k.Name == "team-b" {
+			admin.do("DELETE", "/api/keys/"+k.ID, nil)
+		}
+	}
+	teamB2 := admin.as(admin.createKey("team-b", server.RoleSubmitter).Key)
+	if code, b := teamB2.do("POST", "/api/steps/"+stepB2.ID+"/cancel", nil); code != http.StatusForbidden {
+		t.Errorf("a new key named like a revoked one cancelled its step: %d %s", code, b)
+	}
 }
 
 // A key made with expires_in works until then, and is refused from then

@@ -111,6 +111,9 @@ type principal struct {
 	// Name is the admin's username, or "key:NAME" for an API key.
 	Name string
 	Role Role
+	// KeyID is the API key's ID; a name may be reused after a revocation,
+	// an ID never.
+	KeyID string
 }
 
 type principalKey struct{}
@@ -140,7 +143,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 			s.log.Warn("api request with a bad key", "remote", r.RemoteAddr, "path", r.URL.Path)
 			return principal{}, err
 		}
-		return principal{Name: "key:" + k.Name, Role: k.Role}, nil
+		return principal{Name: "key:" + k.Name, Role: k.Role, KeyID: k.ID}, nil
 	}
 	user, pass, ok := r.BasicAuth()
 	if !ok {
@@ -225,7 +228,7 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, fmt.Errorf("step: %w", err))
 		return
 	}
-	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Labels: body.Labels, QueueTimeout: queueTimeout, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name})
+	rec, err := s.Submit(SubmitRequest{Worker: body.Worker, Pool: body.Pool, Labels: body.Labels, QueueTimeout: queueTimeout, Step: step, Key: body.Key, SubmittedBy: principalOf(r).Name, SubmitterKey: principalOf(r).KeyID})
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, ErrNoTarget) {
@@ -384,7 +387,7 @@ func (s *Server) apiArtifact(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiCancel(w http.ResponseWriter, r *http.Request) {
 	// A submitter cancels its own steps; another team's are not its to stop.
 	if p := principalOf(r); p.Role != RoleAdmin {
-		if rec, ok := s.Step(r.PathValue("id")); ok && rec.SubmittedBy != p.Name {
+		if rec, ok := s.Step(r.PathValue("id")); ok && (p.KeyID == "" || rec.SubmitterKey != p.KeyID) {
 			apiError(w, http.StatusForbidden, fmt.Errorf("step %s was submitted by %s: %s may cancel only its own steps (an admin may cancel any)", rec.ID, cmp.Or(rec.SubmittedBy, "an earlier server"), p.Name))
 			return
 		}

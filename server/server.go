@@ -83,6 +83,9 @@ type StepRecord struct {
 	QueueDeadline time.Time `json:"queue_deadline,omitzero"`
 	// SubmittedBy is who submitted it: the admin's username, or "key:NAME".
 	SubmittedBy string `json:"submitted_by,omitempty"`
+	// SubmitterKey is the ID of the API key that submitted it: the one
+	// that may cancel it, besides an admin.
+	SubmitterKey string `json:"submitter_key,omitempty"`
 	// Image is a container step's image; such a step goes only to a
 	// worker whose Docker Engine is available.
 	Image string `json:"image,omitempty"`
@@ -350,8 +353,9 @@ type SubmitRequest struct {
 	// Key, when set, makes the submission idempotent: a second submission
 	// with the same key returns the first one's step.
 	Key string
-	// SubmittedBy is recorded in the step (StepRecord.SubmittedBy).
-	SubmittedBy string
+	// SubmittedBy is recorded in the step (StepRecord.SubmittedBy), and
+	// SubmitterKey, the submitting API key's ID, if any.
+	SubmittedBy, SubmitterKey string
 }
 
 // Submit records a step durably and queues it. The step's ticket on the
@@ -379,7 +383,7 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	if wait := cmp.Or(req.QueueTimeout, s.cfg.QueueTimeout); wait > 0 {
 		deadline = now.Add(wait)
 	}
-	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, QueueDeadline: deadline, SubmittedBy: req.SubmittedBy, Image: step.GetExecution().GetContainer().GetImage(),
+	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, QueueDeadline: deadline, SubmittedBy: req.SubmittedBy, SubmitterKey: req.SubmitterKey, Image: step.GetExecution().GetContainer().GetImage(),
 		Sealed: sealed, State: StateQueued, CreatedAt: now}
 	b, err := json.Marshal(rec)
 	if err != nil {
