@@ -49,7 +49,7 @@ func (s *Server) dispatch() {
 	for _, rec := range s.queued() {
 		if !rec.QueueDeadline.IsZero() && now.After(rec.QueueDeadline) {
 			s.mu.Lock()
-			why := cmp.Or(s.waiting[rec.ID], "no worker was free")
+			why := cmp.Or(s.waiting[rec.ID], "no worker took it")
 			delete(s.waiting, rec.ID)
 			s.mu.Unlock()
 			s.finish(rec, nil, "TIMED_OUT", fmt.Sprintf("no worker took the step within %s of its submission: %s",
