@@ -214,14 +214,10 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, errors.New(`body: "step" is missing`))
 		return
 	}
-	var queueTimeout time.Duration
-	if body.QueueTimeout != "" {
-		d, err := time.ParseDuration(body.QueueTimeout)
-		if err != nil || d <= 0 {
-			apiError(w, http.StatusBadRequest, fmt.Errorf(`queue_timeout %q: want a positive duration such as "10m"`, body.QueueTimeout))
-			return
-		}
-		queueTimeout = d
+	queueTimeout, err := optionalDuration("queue_timeout", body.QueueTimeout, "10m")
+	if err != nil {
+		apiError(w, http.StatusBadRequest, err)
+		return
 	}
 	step := &pb.StartStepRequest{}
 	if err := protojson.Unmarshal(body.Step, step); err != nil {
@@ -458,6 +454,19 @@ func (s *Server) apiDistrust(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// optionalDuration reads a body's duration field v: 0 when absent, an
+// error naming the field unless it is a positive duration.
+func optionalDuration(field, v, example string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s %q: want a positive duration such as %q", field, v, example)
+	}
+	return d, nil
+}
+
 // CreateKeyBody is the body of POST /api/keys.
 type CreateKeyBody struct {
 	Name string `json:"name"`
@@ -472,14 +481,10 @@ func (s *Server) apiCreateKey(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, 1<<20, &body) {
 		return
 	}
-	var ttl time.Duration
-	if body.ExpiresIn != "" {
-		d, err := time.ParseDuration(body.ExpiresIn)
-		if err != nil || d <= 0 {
-			apiError(w, http.StatusBadRequest, fmt.Errorf(`%w: expires_in %q: want a positive duration such as "720h"`, ErrBadExpiry, body.ExpiresIn))
-			return
-		}
-		ttl = d
+	ttl, err := optionalDuration("expires_in", body.ExpiresIn, "720h")
+	if err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("%w: %w", ErrBadExpiry, err))
+		return
 	}
 	k, err := s.CreateAPIKey(body.Name, body.Role, ttl)
 	switch {
