@@ -242,6 +242,14 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 				return
 			}
 			s.abandon(rec)
+			// Back just now? Then its connect may have looked before the
+			// step was abandoned: collect it on this connection.
+			w.mu.Lock()
+			c := w.client
+			w.mu.Unlock()
+			if c != nil {
+				go s.collectAbandoned(w, c)
+			}
 			finish(rec, nil, "LOST", err.Error()+": how the step ended is unknown")
 			return
 		}
