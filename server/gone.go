@@ -129,7 +129,12 @@ func (s *Server) ForgetWorker(name string) error {
 		return fmt.Errorf("%w: %s (stop its agent or distrust its thumbprint first)", ErrWorkerConnected, name)
 	}
 	delete(s.workers, name)
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Delete([]byte(name)) }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(leftBucket).Delete([]byte(name)); err != nil {
+			return err
+		}
+		return tx.Bucket(workersBucket).Delete([]byte(name))
+	}); err != nil {
 		return err
 	}
 	s.log.Info("worker forgotten", "worker", name)

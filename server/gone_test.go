@@ -118,3 +118,39 @@ func TestForgetWorker(t *testing.T) {
 	w.connect()
 	e.waitCollected(w, "w1", rec.ID)
 }
+
+// When a worker went away is kept across a server restart, so that
+// WorkerLostAfter counts from then, not from the restart.
+func TestWorkerAwaySinceSurvivesARestart(t *testing.T) {
+	e := newEnv(t)
+	w := e.pollingAgentServing("w1", 1, e.addr, func(a pb.AgentServer) pb.AgentServer { return a })
+	status := func() server.WorkerStatus { // zero until w1 first connects
+		for _, ws := range e.srv.Workers() {
+			if ws.Name == "w1" {
+				return ws
+			}
+		}
+		return server.WorkerStatus{}
+	}
+	for deadline := time.Now().Add(30 * time.Second); !status().Connected; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("w1 did not connect")
+		}
+	}
+	w.disconnect()
+	var left time.Time
+	for deadline := time.Now().Add(10 * time.Second); left.IsZero(); time.Sleep(20 * time.Millisecond) {
+		if st := status(); !st.Connected {
+			left = st.DisconnectedSince
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not see w1 go")
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	e.stop()
+	e.start("127.0.0.1:0")
+	if got := status(); got.Name != "w1" || !got.DisconnectedSince.Equal(left) {
+		t.Errorf("after a restart w1 is %+v, want it away since %v (when it went)", got, left)
+	}
+}

@@ -93,7 +93,7 @@ func (s *Server) keepListening(w *worker) {
 				break
 			}
 		}
-		w.disconnect(done)
+		s.disconnect(w, done)
 		close(done)
 		log.Info("worker disconnected; redialing")
 	}

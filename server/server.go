@@ -53,6 +53,10 @@ var (
 	// away to that worker: when it returns they are cancelled and
 	// collected there, so nothing of them runs on unseen.
 	abandonedBucket = []byte("abandoned")
+	// leftBucket maps a worker that is not connected to when it went
+	// away (RFC 3339), so that Config.WorkerLostAfter counts from then
+	// across server restarts.
+	leftBucket = []byte("workers-left")
 )
 
 // Step states on the server.
@@ -215,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket} {
+		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -270,6 +274,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	for _, rec := range workers {
 		w := newWorker(rec)
+		if left, ok := s.leftAt(rec.Name); ok {
+			w.downSince = left
+		}
 		s.workers[rec.Name] = w
 		if rec.Address != "" {
 			go s.keepListening(w)

@@ -154,6 +154,7 @@ func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{},
 	w.setCapsLocked(caps)
 	close(w.connected)
 	w.mu.Unlock()
+	s.setLeft(w.rec.Name, time.Time{})
 	if why := incompatible(caps); why != "" {
 		s.log.Warn("worker connected, but it is given no steps", "worker", w.rec.Name, "why", why)
 	}
@@ -163,15 +164,48 @@ func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{},
 }
 
 // disconnect ends the connection done belongs to, if it is still the
-// worker's; its steps wait for the next one.
-func (w *worker) disconnect(done <-chan struct{}) {
+// worker's, and records when it went; its steps wait for the next one.
+func (s *Server) disconnect(w *worker, done <-chan struct{}) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.done == done {
+	gone := w.done == done
+	if gone {
 		w.client, w.done = nil, nil
 		w.connected = make(chan struct{})
 		w.downSince = time.Now().UTC()
 	}
+	since := w.downSince
+	w.mu.Unlock()
+	if gone {
+		s.setLeft(w.rec.Name, since)
+	}
+}
+
+// setLeft records when a worker went away (zero: it is back).
+func (s *Server) setLeft(name string, at time.Time) {
+	if _, away := s.leftAt(name); at.IsZero() && !away {
+		return // the common connect: a read, not a write (and its fsync)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if at.IsZero() {
+			return tx.Bucket(leftBucket).Delete([]byte(name))
+		}
+		return tx.Bucket(leftBucket).Put([]byte(name), []byte(at.Format(time.RFC3339Nano)))
+	})
+	if err != nil {
+		s.log.Warn("cannot record when a worker went away", "worker", name, "error", err)
+	}
+}
+
+// leftAt is when a worker went away, if it was away when last recorded.
+func (s *Server) leftAt(name string) (time.Time, bool) {
+	var at time.Time
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(leftBucket).Get([]byte(name)); v != nil {
+			at, _ = time.Parse(time.RFC3339Nano, string(v))
+		}
+		return nil
+	})
+	return at, !at.IsZero()
 }
 
 // refreshCaps asks the worker for its capabilities again (its engine may
@@ -286,7 +320,7 @@ func (s *Server) admit(pc *transport.PollingConn) {
 	s.log.Info("worker connected", "worker", name, "remote", pc.Remote, "slots", caps.GetMaxConcurrentSteps(), "pools", rec.Pools)
 	go func() {
 		<-pc.Done
-		w.disconnect(pc.Done)
+		s.disconnect(w, pc.Done)
 		s.log.Info("worker disconnected; waiting for its next connection", "worker", name)
 	}()
 }
