@@ -33,6 +33,9 @@ const (
 	installEnv    = "/etc/stevedore/agent.env"
 	installState  = "/var/lib/stevedore"
 	installUnit   = "/etc/systemd/system/" + systemd.AgentUnitName
+
+	installServerEnv   = "/etc/stevedore/server.env"
+	installServerState = "/var/lib/stevedore-server"
 )
 
 type installOptions struct {
@@ -78,8 +81,66 @@ Listening mode:
 	f.StringArrayVar(&o.pools, "pool", nil, "a pool this worker serves (repeatable)")
 	f.StringArrayVar(&o.labels, "label", nil, "a label K=V this worker reports (repeatable)")
 	f.BoolVar(&o.noStart, "no-start", false, "write the files only; do not run systemctl")
-	cmd.AddCommand(agentCmd)
+	cmd.AddCommand(agentCmd, newInstallServerCommand())
 	return cmd
+}
+
+type installServerOptions struct {
+	root                        string
+	trust                       []string
+	registration, builtinWorker bool
+	noStart                     bool
+}
+
+func newInstallServerCommand() *cobra.Command {
+	var o installServerOptions
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Install this binary as the systemd service stevedore-server",
+		Long: `Installs this stevedore binary (and the bundle, for the built-in worker) in
+/usr/local/bin, the server's environment in /etc/stevedore/server.env (mode
+0600: a generated MASTER_KEY and admin password, and with --registration-token
+a generated STEVEDORE_REGISTRATION_TOKEN for pools of cloud workers) and the
+unit stevedore-server.service; creates the server's identity in
+/var/lib/stevedore-server and prints its thumbprint, which agents pin; then
+enables and starts the service (not with --no-start). Run again, it upgrades
+the binary and the unit and keeps the environment and the identity.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return installServer(&o, cmd.OutOrStdout()) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.root, "root", "/", "install under this directory instead (for images and tests)")
+	f.StringArrayVar(&o.trust, "trust", nil, "the thumbprint of an agent allowed to connect (repeatable)")
+	f.BoolVar(&o.registration, "registration-token", false, "generate a registration token, with which agents started with --register trust themselves")
+	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
+	f.BoolVar(&o.noStart, "no-start", false, "write the files only; do not run systemctl")
+	return cmd
+}
+
+func installServer(o *installServerOptions, out io.Writer) error {
+	for _, t := range o.trust {
+		if _, err := transport.ParseThumbprint(t); err != nil {
+			return err
+		}
+	}
+	env := []string{"MASTER_KEY=" + randomSecret(16), "ADMIN_USERNAME=admin", "ADMIN_PASSWORD=" + randomToken(18)}
+	if o.registration {
+		env = append(env, "STEVEDORE_REGISTRATION_TOKEN="+randomToken(24))
+	}
+	if len(o.trust) > 0 {
+		env = append(env, "STEVEDORE_TRUST="+strings.Join(o.trust, ","))
+	}
+	if o.builtinWorker {
+		env = append(env, "STEVEDORE_BUILTIN_WORKER=true")
+	}
+	err := service{
+		root: o.root, noStart: o.noStart, who: "server", unitName: systemd.ServerUnitName, unit: systemd.ServerUnit, state: installServerState,
+		own: []ownFile{{installServerEnv, []byte(strings.Join(env, "\n") + "\n"), 0o600}},
+	}.install(out)
+	if err == nil {
+		fmt.Fprintf(out, "the admin password, and any registration token, are in %s\n", filepath.Join(o.root, installServerEnv))
+	}
+	return err
 }
 
 func installAgent(o *installOptions, out io.Writer) error {
@@ -110,12 +171,42 @@ func installAgent(o *installOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if filepath.Clean(o.root) != "/" {
-		o.noStart = true // systemctl would act on this machine, not on the tree
+	env := []string{"MASTER_KEY=" + randomSecret(16)}
+	if polling {
+		env = append(env, "STEVEDORE_SERVER="+o.server, "STEVEDORE_SERVER_THUMBPRINT="+o.serverThumbprint)
+		if o.register != "" {
+			env = append(env, "STEVEDORE_REGISTER="+o.register, "STEVEDORE_REGISTRATION_TOKEN="+os.Getenv("STEVEDORE_REGISTRATION_TOKEN"))
+		}
 	}
-	under := func(p string) string { return filepath.Join(o.root, p) }
+	return service{
+		root: o.root, noStart: o.noStart, who: "agent", unitName: systemd.AgentUnitName, unit: systemd.AgentUnit, state: installState,
+		own: []ownFile{{installConfig, hcl, 0o644}, {installEnv, []byte(strings.Join(env, "\n") + "\n"), 0o600}},
+	}.install(out)
+}
 
-	// The binary and its bundle, replaced whole: an upgrade.
+// service is what `stevedore install` lays out for one of stevedore's
+// services.
+type service struct {
+	root, who, unitName, state string
+	noStart                    bool
+	unit                       []byte
+	// own are the operator's files once written: written only when absent.
+	own []ownFile
+}
+
+type ownFile struct {
+	path string
+	data []byte
+	mode os.FileMode
+}
+
+// install lays the service out under its root: this binary and its bundle
+// (replaced: an upgrade), its own files (kept when present), the unit, the
+// state directory and the identity there, whose thumbprint it prints; then
+// enables and (re)starts the unit, unless told not to or installing
+// under another root, where systemctl would act on this machine instead.
+func (sv service) install(out io.Writer) error {
+	under := func(p string) string { return filepath.Join(sv.root, p) }
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("this binary: %w", err)
@@ -133,64 +224,58 @@ func installAgent(o *installOptions, out io.Writer) error {
 	if err := installTree(bundle, under(installBundle)); err != nil {
 		return err
 	}
-
-	// Configuration and environment, kept when present: they are the
-	// operator's from then on.
-	keptConfig, err := writeIfAbsent(under(installConfig), hcl, 0o644)
-	if err != nil {
-		return err
-	}
-	key := make([]byte, 16)
-	if _, err := rand.Read(key); err != nil {
-		return err
-	}
-	env := []string{"MASTER_KEY=" + base64.StdEncoding.EncodeToString(key)}
-	if polling {
-		env = append(env, "STEVEDORE_SERVER="+o.server, "STEVEDORE_SERVER_THUMBPRINT="+o.serverThumbprint)
-		if o.register != "" {
-			env = append(env, "STEVEDORE_REGISTER="+o.register, "STEVEDORE_REGISTRATION_TOKEN="+os.Getenv("STEVEDORE_REGISTRATION_TOKEN"))
+	fmt.Fprintf(out, "installed %s and its bundle in %s\n", under(installBin), under(installBundle))
+	for _, f := range sv.own {
+		kept, err := writeIfAbsent(under(f.path), f.data, f.mode)
+		if err != nil {
+			return err
+		}
+		if kept {
+			fmt.Fprintf(out, "kept %s as it was\n", under(f.path))
+		} else {
+			fmt.Fprintf(out, "wrote %s\n", under(f.path))
 		}
 	}
-	keptEnv, err := writeIfAbsent(under(installEnv), []byte(strings.Join(env, "\n")+"\n"), 0o600)
-	if err != nil {
-		return err
-	}
-	if err := installBytes(systemd.AgentUnit, under(installUnit), 0o644); err != nil {
+	unitPath := under("/etc/systemd/system/" + sv.unitName)
+	if err := installBytes(sv.unit, unitPath, 0o644); err != nil {
 		return fmt.Errorf("unit: %w", err)
 	}
-	if err := os.MkdirAll(under(installState), 0o700); err != nil {
+	if err := os.MkdirAll(under(sv.state), 0o700); err != nil {
 		return err
 	}
-	id, _, err := transport.LoadOrCreateIdentity(under(installState))
+	id, _, err := transport.LoadOrCreateIdentity(under(sv.state))
 	if err != nil {
 		return err
 	}
-
-	fmt.Fprintf(out, "installed %s and its bundle in %s\n", under(installBin), under(installBundle))
-	for _, f := range []struct {
-		path string
-		kept bool
-	}{{under(installConfig), keptConfig}, {under(installEnv), keptEnv}} {
-		if f.kept {
-			fmt.Fprintf(out, "kept %s as it was\n", f.path)
-		} else {
-			fmt.Fprintf(out, "wrote %s\n", f.path)
-		}
-	}
-	fmt.Fprintf(out, "wrote %s\nagent thumbprint: %s\n", under(installUnit), id.Thumbprint)
-	if o.noStart {
-		fmt.Fprintln(out, "not started (--no-start): systemctl daemon-reload && systemctl enable --now "+systemd.AgentUnitName)
+	fmt.Fprintf(out, "wrote %s\n%s thumbprint: %s\n", unitPath, sv.who, id.Thumbprint)
+	if sv.noStart || filepath.Clean(sv.root) != "/" {
+		fmt.Fprintln(out, "not started: systemctl daemon-reload && systemctl enable --now "+sv.unitName)
 		return nil
 	}
-	// restart starts a new agent, or replaces a running one with the new
-	// binary; its steps go on and are reattached.
-	for _, args := range [][]string{{"daemon-reload"}, {"enable", systemd.AgentUnitName}, {"restart", systemd.AgentUnitName}} {
+	// restart starts the service, or replaces a running one with the new
+	// binary: an agent's steps go on and are reattached, a server's resumed.
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", sv.unitName}, {"restart", sv.unitName}} {
 		if b, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, b)
 		}
 	}
-	fmt.Fprintln(out, "started "+systemd.AgentUnitName)
+	fmt.Fprintln(out, "started "+sv.unitName)
 	return nil
+}
+
+// randomSecret is n random bytes in standard base64 (MASTER_KEY's form).
+func randomSecret(n int) string {
+	b := make([]byte, n)
+	rand.Read(b) // never fails (crypto/rand)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// randomToken is n random bytes in URL-safe base64: a password or token
+// that goes in a header or a URL as it is.
+func randomToken(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // agentHCL writes the agent's configuration file for o, and reads it back

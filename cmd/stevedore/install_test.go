@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,5 +126,77 @@ func TestInstallAgentRefusesIncompleteSettings(t *testing.T) {
 				t.Errorf("a refused install wrote %d entries", len(entries))
 			}
 		})
+	}
+}
+
+// `stevedore install server --root DIR` writes an environment a server
+// really starts with: the generated admin password opens the API, the
+// generated registration token admits an agent's thumbprint, and the
+// built-in worker runs; the printed thumbprint is the server's.
+func TestInstallServer(t *testing.T) {
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	agentTP := strings.Repeat("ef", 32)
+	args := []string{"install", "server", "--root", root, "--registration-token", "--builtin-worker", "--trust", agentTP}
+	code, stdout, stderr := runStevedore(t, nil, args...)
+	if code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", code, stdout, stderr)
+	}
+	at := func(p string) string { return filepath.Join(root, p) }
+	if unit, err := os.ReadFile(at("/etc/systemd/system/" + systemd.ServerUnitName)); err != nil || !bytes.Equal(unit, systemd.ServerUnit) {
+		t.Errorf("the unit is not the packaged one (%v)", err)
+	}
+	envFile, err := os.ReadFile(at(installServerEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(at(installServerEnv)); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", installServerEnv, fi.Mode().Perm())
+	}
+	env := strings.Split(strings.TrimSpace(string(envFile)), "\n")
+	vars := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	for _, k := range []string{"MASTER_KEY", "ADMIN_PASSWORD", "STEVEDORE_REGISTRATION_TOKEN"} {
+		if vars[k] == "" {
+			t.Fatalf("%s is not in the environment file:\n%s", k, envFile)
+		}
+	}
+	if vars["STEVEDORE_TRUST"] != agentTP || vars["STEVEDORE_BUILTIN_WORKER"] != "true" {
+		t.Errorf("environment %v", vars)
+	}
+	_, certOut, _ := runStevedore(t, nil, "cert", "--state-dir", at(installServerState))
+	tp := strings.TrimSpace(certOut)
+	if !strings.Contains(stdout, "server thumbprint: "+tp) {
+		t.Errorf("install printed %q; the identity's thumbprint is %q", stdout, tp)
+	}
+
+	// The server as the unit would start it, with that environment.
+	s := &serverSetup{dataDir: at(installServerState), http: freePort(t), polling: freePort(t), scheme: "http", thumbprint: tp}
+	s.args = []string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling}
+	s.start(t, env...)
+	call := func(method, path, body string, auth func(*http.Request)) int {
+		req, _ := http.NewRequest(method, s.url()+path, strings.NewReader(body))
+		auth(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	admin := func(r *http.Request) { r.SetBasicAuth("admin", vars["ADMIN_PASSWORD"]) }
+	if code := call("GET", "/api/steps", "", admin); code != http.StatusOK {
+		t.Errorf("the generated admin password: %d", code)
+	}
+	token := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+vars["STEVEDORE_REGISTRATION_TOKEN"]) }
+	if code := call("POST", "/api/trust", `{"thumbprint":"`+strings.Repeat("12", 32)+`"}`, token); code != http.StatusCreated {
+		t.Errorf("the generated registration token: %d", code)
+	}
+	code, again, stderr := runStevedore(t, nil, args...)
+	if code != 0 || !strings.Contains(again, "kept "+at(installServerEnv)) || !strings.Contains(again, tp) {
+		t.Fatalf("second install: exit %d\n%s%s", code, again, stderr)
 	}
 }

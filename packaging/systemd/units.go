@@ -12,3 +12,11 @@ var AgentUnit []byte
 
 // AgentUnitName is the agent's unit, as systemctl names it.
 const AgentUnitName = "stevedore-agent.service"
+
+// ServerUnit is stevedore-server.service.
+//
+//go:embed stevedore-server.service
+var ServerUnit []byte
+
+// ServerUnitName is the server's unit, as systemctl names it.
+const ServerUnitName = "stevedore-server.service"
