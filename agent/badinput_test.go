@@ -99,11 +99,7 @@ func TestHostileOutputArrivesByteForByte(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			exec := host()
-			if tt.container {
-				withImages(t, testenv.Bookworm)
-				exec = inContainer(testenv.Bookworm)
-			}
+			exec := hostOrContainer(t, tt.container)
 			ta := startAgent(t)
 			id := ta.upload(t, tt.data)
 			tk := ticket(t)
@@ -215,11 +211,7 @@ new_artifact pipe
 	}{{"host", false}, {"container", true}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			exec := host()
-			if tt.container {
-				withImages(t, testenv.Bookworm)
-				exec = inContainer(testenv.Bookworm)
-			}
+			exec := hostOrContainer(t, tt.container)
 			ta := startAgent(t)
 			tk := ticket(t)
 			run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: exec, Script: bash(script)})

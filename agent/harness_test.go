@@ -194,6 +194,17 @@ func host() *pb.Execution {
 	return &pb.Execution{Target: &pb.Execution_Host{Host: &pb.HostExecution{}}}
 }
 
+// hostOrContainer is a host execution, or one in the bookworm fixture
+// (made present first) when container is true.
+func hostOrContainer(t *testing.T, container bool) *pb.Execution {
+	t.Helper()
+	if !container {
+		return host()
+	}
+	withImages(t, testenv.Bookworm)
+	return inContainer(testenv.Bookworm)
+}
+
 func bash(body string) *pb.Script { return &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: body} }
 
 func exitCode(st *pb.StepStatus) int {
