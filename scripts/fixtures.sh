@@ -79,6 +79,11 @@ busybox_root() {
 
 build_bookworm() { debian bookworm "$STEVEDORE_FIXTURE_BOOKWORM" python3; }
 build_bullseye() { debian bullseye "$STEVEDORE_FIXTURE_BULLSEYE"; }
+# What deployment steps usually run in: a shell, python3 and the tools that
+# talk to services and repositories.
+build_worker_tools() {
+	debian bookworm "$STEVEDORE_FIXTURE_WORKER_TOOLS" python3,curl,openssl,jq,git,ca-certificates
+}
 
 build_musl() {
 	local root=$WORK/musl loader=ld-musl-$ARCH.so.1
@@ -140,3 +145,4 @@ ensure bullseye "$STEVEDORE_FIXTURE_BULLSEYE"
 ensure musl "$STEVEDORE_FIXTURE_MUSL"
 ensure static "$STEVEDORE_FIXTURE_STATIC"
 ensure nonroot "$STEVEDORE_FIXTURE_NONROOT"
+ensure worker_tools "$STEVEDORE_FIXTURE_WORKER_TOOLS"

@@ -35,6 +35,7 @@ func TestFixturesAreWhatTheySay(t *testing.T) {
 		{testenv.Musl, false, true, ""},
 		{testenv.Static, false, false, ""},
 		{testenv.NonRoot, true, false, "app"},
+		{testenv.WorkerTools, true, false, ""},
 	}
 	ctx := context.Background()
 	for _, tt := range tests {

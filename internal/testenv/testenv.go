@@ -43,6 +43,8 @@ var (
 	Musl     = env("STEVEDORE_FIXTURE_MUSL")     // musl loader: rejected
 	Static   = env("STEVEDORE_FIXTURE_STATIC")   // no loader: rejected
 	NonRoot  = env("STEVEDORE_FIXTURE_NONROOT")  // USER app (1000), failing ENTRYPOINT
+	// bash, python3, curl, openssl, jq, git: what deployment steps run in.
+	WorkerTools = env("STEVEDORE_FIXTURE_WORKER_TOOLS")
 )
 
 var parsed = sync.OnceValue(func() map[string]string {
