@@ -71,7 +71,7 @@ busybox_root() {
 }
 
 build_bookworm() { debian bookworm "$STEVEDORE_FIXTURE_BOOKWORM" python3; }
-build_bullseye() { debian bullseye "$STEVEDORE_FIXTURE_BULLSEYE"; }
+build_bullseye() { debian bullseye "$STEVEDORE_FIXTURE_BULLSEYE" python3; }
 
 build_musl() {
 	local root=$WORK/musl loader=ld-musl-$ARCH.so.1

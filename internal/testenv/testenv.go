@@ -40,7 +40,7 @@ var (
 	RegistryPassword = env("STEVEDORE_REGISTRY_PASSWORD")
 
 	Bookworm = env("STEVEDORE_FIXTURE_BOOKWORM") // glibc 2.36, python3
-	Bullseye = env("STEVEDORE_FIXTURE_BULLSEYE") // glibc 2.31
+	Bullseye = env("STEVEDORE_FIXTURE_BULLSEYE") // glibc 2.31, python3
 	Musl     = env("STEVEDORE_FIXTURE_MUSL")     // musl loader: rejected
 	Static   = env("STEVEDORE_FIXTURE_STATIC")   // no loader: rejected
 	NonRoot  = env("STEVEDORE_FIXTURE_NONROOT")  // USER app (1000), failing ENTRYPOINT
