@@ -198,6 +198,16 @@ func BuildRunnerScript() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "scripts", "build-runner.sh")
 }
 
+// BuildRunner builds the step runner to out with scripts/build-runner.sh,
+// given args before the output path (e.g. --host-glibc).
+func BuildRunner(out string, args ...string) error {
+	cmd := exec.Command("bash", append(append([]string{BuildRunnerScript()}, args...), out)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, out)
+	}
+	return nil
+}
+
 // buildBundle builds a bundle with scripts/build-runner.sh, given args
 // before the output path (e.g. --host-glibc).
 func buildBundle(args ...string) (string, error) {
@@ -209,14 +219,12 @@ func buildBundle(args ...string) (string, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
-	runner := filepath.Join(dir, "stevedore-step")
-	cmd := exec.Command("bash", append(append([]string{BuildRunnerScript()}, args...), runner)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, out)
+	if err := BuildRunner(filepath.Join(dir, "stevedore-step"), args...); err != nil {
+		return "", err
 	}
 	// Written by the same code as `stevedore bundle manifest`, through the
 	// command so that testenv does not import the executor it tests.
-	cmd = exec.Command("go", "run", "stevedore/cmd/stevedore", "bundle", "manifest", dir)
+	cmd := exec.Command("go", "run", "stevedore/cmd/stevedore", "bundle", "manifest", dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("bundle manifest: %w: %s", err, out)
 	}
