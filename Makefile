@@ -19,10 +19,12 @@ setup:
 
 ## build: the stevedore binary (static) and the tool bundle beside it, $(BIN)/bundle:
 ## the step runner, a dynamically linked glibc executable (cgo, external linking;
-## needs gcc), and bundle.json, derived from the runner's ELF by stevedore itself
+## needs gcc) linked against a bullseye sysroot so that it runs on glibc 2.17 and
+## newer (scripts/build-runner.sh, which the tests use too; the sysroot is made
+## once, as root), and bundle.json, derived from the runner's ELF by stevedore itself
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/stevedore ./cmd/stevedore
-	CGO_ENABLED=1 $(GO) build -ldflags '$(LDFLAGS) -linkmode external' -o $(BIN)/bundle/stevedore-step ./cmd/stevedore-step
+	GO=$(GO) bash scripts/build-runner.sh $(BIN)/bundle/stevedore-step '$(LDFLAGS)'
 	$(BIN)/stevedore bundle manifest $(BIN)/bundle
 
 ## proto: regenerate the wire contract's Go code

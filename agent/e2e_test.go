@@ -158,26 +158,68 @@ func TestRejectedImages(t *testing.T) {
 	}
 }
 
-func TestBullseyeRunsOrIsRejectedByVersion(t *testing.T) {
-	withImages(t, testenv.Bullseye)
+// The runner's glibc floor (2.17) is below bullseye's 2.31: the probe
+// accepts it and each script syntax runs to its own exit code.
+func TestBullseyeRunsEverySyntax(t *testing.T) {
+	cli := withImages(t, testenv.Bullseye)
 	ta := startAgent(t)
-	bundle, err := executor.LoadBundle(testenv.BundleDir(t))
+	tests := []struct {
+		name   string
+		script *pb.Script
+		want   []string
+		code   int
+	}{
+		{"bash", bash(`echo "bash $BASH_VERSION" | cut -d. -f1; exit 3`), []string{"bash 5"}, 3},
+		{"sh", &pb.Script{Syntax: pb.Syntax_SYNTAX_SH, Body: "echo sh; exit 4"}, []string{"sh"}, 4},
+		{"python", &pb.Script{Syntax: pb.Syntax_SYNTAX_PYTHON, Body: "import sys\nprint('python', sys.version_info[:2])\nsys.exit(5)"},
+			[]string{"python (3, 9)"}, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tk := ticket(t)
+			run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: tt.script, Execution: inContainer(testenv.Bullseye)})
+			if run.final.GetOutcome() != pb.Outcome_OUTCOME_FAILED || exitCode(run.final) != tt.code {
+				t.Fatalf("outcome %v exit %d (%s), want FAILED %d; stderr %q agent %q",
+					run.final.GetOutcome(), exitCode(run.final), run.final.GetReason(), tt.code, run.stderr, run.agent)
+			}
+			if fmt.Sprint(run.stdout) != fmt.Sprint(tt.want) {
+				t.Errorf("stdout %q, want %q", run.stdout, tt.want)
+			}
+			ta.complete(t, tk)
+			assertClean(t, cli, ta, tk)
+		})
+	}
+}
+
+// A runner linked against the host's glibc (2.36 here) needs more than
+// bullseye has: the probe rejects the image before anything of it runs,
+// naming what it found, what is needed and what to use.
+func TestBullseyeRejectedByHostGlibcRunner(t *testing.T) {
+	cli := withImages(t, testenv.Bullseye)
+	bundle, err := executor.LoadBundle(testenv.HostGlibcBundleDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tk := ticket(t)
-	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("echo ran"), Execution: inContainer(testenv.Bullseye)})
 	need := bundle.Manifest.Requires.MinGlibc
-	if executor.CompareGlibc("2.31", need) >= 0 {
-		if run.final.GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
-			t.Fatalf("runner needs glibc %s, bullseye has 2.31, yet: %v %s", need, run.final.GetOutcome(), run.final.GetReason())
+	if executor.CompareGlibc(need, "2.31") <= 0 {
+		t.Fatalf("the host-glibc runner needs only glibc %s: this host's glibc is too old to test a rejection", need)
+	}
+	ta := startAgent(t, func(c *agent.Config) { c.Bundle = bundle })
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Script: bash("echo RAN"), Execution: inContainer(testenv.Bullseye)})
+	if run.final.GetOutcome() != pb.Outcome_OUTCOME_IMAGE_REJECTED {
+		t.Fatalf("outcome %v (%s), want IMAGE_REJECTED", run.final.GetOutcome(), run.final.GetReason())
+	}
+	for _, w := range []string{"has glibc 2.31", "needs glibc " + need, "use an image based on"} {
+		if !strings.Contains(run.final.GetReason(), w) {
+			t.Errorf("reason %q does not say %q", run.final.GetReason(), w)
 		}
-		return
 	}
-	if run.final.GetOutcome() != pb.Outcome_OUTCOME_IMAGE_REJECTED ||
-		!strings.Contains(run.final.GetReason(), "2.31") || !strings.Contains(run.final.GetReason(), need) {
-		t.Fatalf("outcome %v, reason %q: want IMAGE_REJECTED naming 2.31 and %s", run.final.GetOutcome(), run.final.GetReason(), need)
+	if len(run.stdout) != 0 || run.final.ExitCode != nil {
+		t.Errorf("something ran: stdout %q exit %v", run.stdout, run.final.ExitCode)
 	}
+	ta.complete(t, tk)
+	assertClean(t, cli, ta, tk)
 }
 
 func TestSensitiveValuesNeverLeak(t *testing.T) {

@@ -2,6 +2,7 @@ package executor
 
 import (
 	"bytes"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -284,5 +285,105 @@ func TestDefaultBundleDir(t *testing.T) {
 	exe, _ = filepath.EvalSymlinks(exe)
 	if want := filepath.Join(filepath.Dir(exe), "bundle"); dir != want {
 		t.Errorf("DefaultBundleDir %q, want %q", dir, want)
+	}
+}
+
+// runnerGlibcFloor is the oldest glibc the bundle's runner must start on
+// (RHEL 7, CentOS 7, Amazon Linux 2 and newer): scripts/build-runner.sh
+// links it against a sysroot for it.
+const runnerGlibcFloor = "2.17"
+
+// TestBundleRunnerGlibcFloor reads the runner ELF that the tests' bundle
+// holds (built by the same script as `make build`) and checks the highest
+// GLIBC_ version any of its dynamic symbols references, read from the
+// symbols themselves, not from the manifest; and that the manifest says
+// the same. The host-glibc bundle shows the floor comes from the sysroot.
+func TestBundleRunnerGlibcFloor(t *testing.T) {
+	tests := []struct {
+		name      string
+		dir       func(testing.TB) string
+		overFloor bool
+		libs      []string
+	}{
+		// glibc 2.31's libc6-dev: pthread_* live in libpthread.so.0.
+		{"sysroot", testenv.BundleDir, false, []string{"libpthread.so.0", "libc.so.6"}},
+		// Debian 12's glibc 2.36 wants __libc_start_main@GLIBC_2.34.
+		{"host glibc", testenv.HostGlibcBundleDir, true, []string{"libc.so.6"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := LoadBundle(tt.dir(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			highest, by := highestGlibcSymbol(t, b.RunnerPath())
+			t.Logf("%s: highest GLIBC_%s (%s), shared libraries %v", b.RunnerPath(), highest, by, b.Manifest.Requires.SharedLibraries)
+			if over := CompareGlibc(highest, runnerGlibcFloor) > 0; over != tt.overFloor {
+				t.Errorf("highest GLIBC_%s (%s): over the %s floor = %v, want %v", highest, by, runnerGlibcFloor, over, tt.overFloor)
+			}
+			if b.Manifest.Requires.MinGlibc != highest {
+				t.Errorf("bundle.json min_glibc %q, the ELF's symbols need %q", b.Manifest.Requires.MinGlibc, highest)
+			}
+			if !slices.Equal(b.Manifest.Requires.SharedLibraries, tt.libs) {
+				t.Errorf("shared libraries %v, want %v", b.Manifest.Requires.SharedLibraries, tt.libs)
+			}
+		})
+	}
+}
+
+// highestGlibcSymbol is the highest numbered GLIBC_ version of file's
+// undefined dynamic symbols (what `objdump -T` lists), and one symbol
+// that needs it.
+func highestGlibcSymbol(t *testing.T, file string) (version, symbol string) {
+	t.Helper()
+	f, err := elf.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range syms {
+		num, ok := strings.CutPrefix(s.Version, "GLIBC_")
+		if !ok || !numericGlibc(num) || s.Section != elf.SHN_UNDEF {
+			continue
+		}
+		if version == "" || CompareGlibc(num, version) > 0 {
+			version, symbol = num, s.Name+"@"+s.Version
+		}
+	}
+	if version == "" {
+		t.Fatalf("%s references no GLIBC_ symbol versions", file)
+	}
+	return version, symbol
+}
+
+// TestBundleRecipeIsMakeBuild checks that `make build` builds the runner
+// with the script the tests' bundle comes from, and by no other command,
+// so that what the tests check is what ships.
+func TestBundleRecipeIsMakeBuild(t *testing.T) {
+	makeTool, err := exec.LookPath("make")
+	if err != nil {
+		testenv.Unavailable(t, "make: %v", err)
+	}
+	script := testenv.BuildRunnerScript()
+	bin := t.TempDir()
+	cmd := exec.Command(makeTool, "-n", "build", "BIN="+bin)
+	cmd.Dir = filepath.Join(filepath.Dir(script), "..")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make -n build: %v\n%s", err, out)
+	}
+	runner := filepath.Join(bin, BundleDirName, RunnerName)
+	var builds []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, runner) && !strings.Contains(line, "bundle manifest") {
+			builds = append(builds, line)
+		}
+	}
+	if len(builds) != 1 || !strings.Contains(builds[0], "scripts/"+filepath.Base(script)+" "+runner) {
+		t.Errorf("make build makes %s with %q, want one run of scripts/%s", runner, builds, filepath.Base(script))
 	}
 }

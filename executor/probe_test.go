@@ -669,35 +669,48 @@ func TestProbeCache(t *testing.T) {
 }
 
 // TestProbeFixtures probes created, never started containers of the fixture
-// images on the real engine, for the requirements of a real dynamically
-// linked glibc executable.
+// images on the real engine, for the requirements of the tests' tool bundle
+// (its runner built as `make build` builds it, for glibc 2.17 and newer) and
+// of one whose runner is linked against the host's glibc (needing 2.34 on
+// Debian 12), which bullseye's 2.31 cannot run.
 func TestProbeFixtures(t *testing.T) {
 	cli, _ := testenv.Docker(t)
 	l := newProbeTestLayouts(t)
-	req, err := RequirementsFromELF(bundleTestProgram(t, t.TempDir(), true))
-	if err != nil {
-		t.Fatal(err)
+	requirements := func(dir string) Requirements {
+		b, err := LoadBundle(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("requirements of %s: %+v", b.RunnerPath(), b.Manifest.Requires)
+		return b.Manifest.Requires
 	}
-	t.Logf("requirements of a cgo program built here: %+v", req)
-	bullseyeOK := CompareGlibc("2.31", req.MinGlibc) >= 0
+	req, hostReq := requirements(testenv.BundleDir(t)), requirements(testenv.HostGlibcBundleDir(t))
+	if CompareGlibc(hostReq.MinGlibc, "2.31") <= 0 {
+		t.Fatalf("the host-glibc runner needs only glibc %s: this host's glibc is too old to test a rejection", hostReq.MinGlibc)
+	}
 	tests := []struct {
 		ref     string
+		req     Requirements
 		libc    string
 		version string
 		accept  bool
 		has     []string // in the rejection
 	}{
-		{ref: testenv.Bookworm, libc: LibcGlibc, version: "2.36", accept: true},
-		{ref: testenv.NonRoot, libc: LibcGlibc, version: "2.36", accept: true},
-		{ref: testenv.Bullseye, libc: LibcGlibc, version: "2.31", accept: bullseyeOK,
-			has: []string{"has glibc 2.31", "needs glibc " + req.MinGlibc, "Debian"}},
-		{ref: testenv.Musl, libc: LibcMusl, has: []string{"uses musl libc", "found " + l.paths.muslLoader, "ID=alpine", "use a glibc-based image", "instead of Alpine"}},
-		{ref: testenv.Static, libc: LibcNone, has: []string{"no dynamic loader", l.paths.glibcLoader, l.paths.muslLoader, "static or distroless", "use a glibc-based image"}},
+		{ref: testenv.Bookworm, req: req, libc: LibcGlibc, version: "2.36", accept: true},
+		{ref: testenv.NonRoot, req: req, libc: LibcGlibc, version: "2.36", accept: true},
+		{ref: testenv.Bullseye, req: req, libc: LibcGlibc, version: "2.31", accept: true},
+		{ref: testenv.Bookworm, req: hostReq, libc: LibcGlibc, version: "2.36", accept: true},
+		{ref: testenv.Bullseye, req: hostReq, libc: LibcGlibc, version: "2.31",
+			has: []string{"has glibc 2.31", "needs glibc " + hostReq.MinGlibc, "use an image based on Debian"}},
+		{ref: testenv.Musl, req: req, libc: LibcMusl, has: []string{"uses musl libc", "found " + l.paths.muslLoader, "ID=alpine", "use a glibc-based image", "instead of Alpine"}},
+		{ref: testenv.Static, req: req, libc: LibcNone, has: []string{"no dynamic loader", l.paths.glibcLoader, l.paths.muslLoader, "static or distroless", "use a glibc-based image"}},
 	}
 	ctx := context.Background()
-	cache := NewProbeCache()
+	// A cache serves one bundle's requirements.
+	caches := map[string]*ProbeCache{req.Key(): NewProbeCache(), hostReq.Key(): NewProbeCache()}
 	for _, tt := range tests {
-		t.Run(tt.ref, func(t *testing.T) {
+		t.Run(tt.ref+"/needs-"+tt.req.MinGlibc, func(t *testing.T) {
+			req, cache := tt.req, caches[tt.req.Key()]
 			testenv.Image(t, cli, tt.ref)
 			c, err := cli.ContainerCreate(ctx, &container.Config{Image: tt.ref, Entrypoint: []string{"/nonexistent"}, Cmd: []string{}}, nil, nil, nil, "")
 			if err != nil {

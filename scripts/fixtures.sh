@@ -8,20 +8,13 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../internal/testenv/fixtures.env
 . "$here/../internal/testenv/fixtures.env"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 DEV_DIR=${STEVEDORE_DEV_DIR:-/var/lib/stevedore-dev}
 WORK=$DEV_DIR/fixtures
 ARCH=$(uname -m)
 
 say() { echo "fixtures: $*" >&2; }
-
-# The mirror apt already uses, so that set-up reaches exactly what apt reaches.
-# Empty lets debootstrap use its own default.
-apt_mirror() {
-	local m
-	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-	[ -n "$m" ] || m=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-	echo "$m"
-}
 
 in_registry() {
 	local ref=$1 repo tag
@@ -78,7 +71,7 @@ busybox_root() {
 }
 
 build_bookworm() { debian bookworm "$STEVEDORE_FIXTURE_BOOKWORM" python3; }
-build_bullseye() { debian bullseye "$STEVEDORE_FIXTURE_BULLSEYE"; }
+build_bullseye() { debian bullseye "$STEVEDORE_FIXTURE_BULLSEYE" python3; }
 # What deployment steps usually run in: a shell, python3 and the tools that
 # talk to services and repositories.
 build_worker_tools() {

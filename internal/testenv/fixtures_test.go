@@ -26,16 +26,16 @@ func TestFixturesAreWhatTheySay(t *testing.T) {
 		t.Skipf("no loader names known for %s", runtime.GOARCH)
 	}
 	tests := []struct {
-		ref         string
-		glibc, musl bool
-		user        string
+		ref                 string
+		glibc, musl, python bool
+		user                string
 	}{
-		{testenv.Bookworm, true, false, ""},
-		{testenv.Bullseye, true, false, ""},
-		{testenv.Musl, false, true, ""},
-		{testenv.Static, false, false, ""},
-		{testenv.NonRoot, true, false, "app"},
-		{testenv.WorkerTools, true, false, ""},
+		{testenv.Bookworm, true, false, true, ""},
+		{testenv.Bullseye, true, false, true, ""},
+		{testenv.Musl, false, true, false, ""},
+		{testenv.Static, false, false, false, ""},
+		{testenv.NonRoot, true, false, true, "app"},
+		{testenv.WorkerTools, true, false, true, ""},
 	}
 	ctx := context.Background()
 	for _, tt := range tests {
@@ -56,7 +56,7 @@ func TestFixturesAreWhatTheySay(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-			for path, want := range map[string]bool{ld.glibc: tt.glibc, ld.musl: tt.musl} {
+			for path, want := range map[string]bool{ld.glibc: tt.glibc, ld.musl: tt.musl, "/usr/bin/python3": tt.python} {
 				_, err := cli.ContainerStatPath(ctx, c.ID, path)
 				switch {
 				case err != nil && !errdefs.IsNotFound(err):

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +40,7 @@ var (
 	RegistryPassword = env("STEVEDORE_REGISTRY_PASSWORD")
 
 	Bookworm = env("STEVEDORE_FIXTURE_BOOKWORM") // glibc 2.36, python3
-	Bullseye = env("STEVEDORE_FIXTURE_BULLSEYE") // glibc 2.31
+	Bullseye = env("STEVEDORE_FIXTURE_BULLSEYE") // glibc 2.31, python3
 	Musl     = env("STEVEDORE_FIXTURE_MUSL")     // musl loader: rejected
 	Static   = env("STEVEDORE_FIXTURE_STATIC")   // no loader: rejected
 	NonRoot  = env("STEVEDORE_FIXTURE_NONROOT")  // USER app (1000), failing ENTRYPOINT
@@ -142,32 +143,76 @@ var (
 	bundleOnce sync.Once
 	bundleDir  string
 	bundleErr  error
+
+	hostBundleOnce sync.Once
+	hostBundleDir  string
+	hostBundleErr  error
 )
 
 // BundleDir builds the tool bundle once per test process, as `make build`
-// does (a dynamically linked glibc runner and its bundle.json), and returns
-// its directory. The directory is removed when the process ends only if the
-// caller's TestMain calls CleanupBundle.
+// does (the runner by the same script, linked against the glibc sysroot, and
+// its bundle.json), and returns its directory. The directory is removed when
+// the process ends only if the caller's TestMain calls CleanupBundle.
 func BundleDir(t testing.TB) string {
 	t.Helper()
 	bundleOnce.Do(func() { bundleDir, bundleErr = buildBundle() })
-	if bundleErr != nil {
+	return bundleOrSkip(t, bundleDir, bundleErr)
+}
+
+// HostGlibcBundleDir builds, once per test process, a second tool bundle
+// whose runner is linked against the build host's own glibc rather than the
+// sysroot, as the runner was built before it had a glibc floor: it needs the
+// host's glibc (2.34 on Debian 12), so older images must be rejected with it.
+// CleanupBundle removes it too.
+func HostGlibcBundleDir(t testing.TB) string {
+	t.Helper()
+	hostBundleOnce.Do(func() { hostBundleDir, hostBundleErr = buildBundle("--host-glibc") })
+	return bundleOrSkip(t, hostBundleDir, hostBundleErr)
+}
+
+func bundleOrSkip(t testing.TB, dir string, err error) string {
+	t.Helper()
+	if err != nil {
 		if InCI() {
-			t.Fatalf("build the tool bundle: %v", bundleErr)
+			t.Fatalf("build the tool bundle: %v", err)
 		}
-		t.Skipf("build the tool bundle (needs gcc; run `make setup`): %v", bundleErr)
+		t.Skipf("build the tool bundle (needs gcc, and root or the sysroot; run `make setup`): %v", err)
 	}
-	return bundleDir
+	return dir
 }
 
-// CleanupBundle removes the bundle BundleDir built, if any.
+// CleanupBundle removes the bundles BundleDir and HostGlibcBundleDir built, if any.
 func CleanupBundle() {
-	if bundleDir != "" {
-		os.RemoveAll(bundleDir)
+	for _, dir := range []string{bundleDir, hostBundleDir} {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 	}
 }
 
-func buildBundle() (string, error) {
+// BuildRunnerScript is scripts/build-runner.sh, the one recipe for the
+// runner, which `make build` runs too.
+func BuildRunnerScript() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		panic("testenv: no caller information to locate the repository")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..", "scripts", "build-runner.sh")
+}
+
+// BuildRunner builds the step runner to out with scripts/build-runner.sh,
+// given args before the output path (e.g. --host-glibc).
+func BuildRunner(out string, args ...string) error {
+	cmd := exec.Command("bash", append(append([]string{BuildRunnerScript()}, args...), out)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, out)
+	}
+	return nil
+}
+
+// buildBundle builds a bundle with scripts/build-runner.sh, given args
+// before the output path (e.g. --host-glibc).
+func buildBundle(args ...string) (string, error) {
 	dir, err := os.MkdirTemp("", "stevedore-bundle-")
 	if err != nil {
 		return "", err
@@ -176,15 +221,12 @@ func buildBundle() (string, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
-	runner := filepath.Join(dir, "stevedore-step")
-	cmd := exec.Command("go", "build", "-ldflags", "-linkmode external", "-o", runner, "stevedore/cmd/stevedore-step")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%w: %s", err, out)
+	if err := BuildRunner(filepath.Join(dir, "stevedore-step"), args...); err != nil {
+		return "", err
 	}
 	// Written by the same code as `stevedore bundle manifest`, through the
 	// command so that testenv does not import the executor it tests.
-	cmd = exec.Command("go", "run", "stevedore/cmd/stevedore", "bundle", "manifest", dir)
+	cmd := exec.Command("go", "run", "stevedore/cmd/stevedore", "bundle", "manifest", dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("bundle manifest: %w: %s", err, out)
 	}
