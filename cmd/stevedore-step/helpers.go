@@ -11,7 +11,7 @@ import (
 // every script gets without doing anything (set_variable, get_variable,
 // new_artifact, mask, fail_step, set_progress). They hold no secret.
 //
-//go:embed helpers/helpers.sh helpers/stevedore_helpers.py helpers/stevedore_bootstrap.py
+//go:embed helpers/helpers.sh helpers/helpers.bash helpers/stevedore_helpers.py helpers/stevedore_bootstrap.py
 var helperFiles embed.FS
 
 // Where the helpers go in a step directory.
