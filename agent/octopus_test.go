@@ -12,12 +12,12 @@ import (
 	"strings"
 	"testing"
 
-	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
 )
 
 // Scripts written against Octopus's helpers, as its documentation shows
-// them, run unchanged in a container of the bookworm fixture.
+// them, run unchanged in a container of the bookworm fixture and on the
+// host.
 var octopusScripts = []struct {
 	name     string
 	syntax   pb.Syntax
@@ -76,91 +76,96 @@ print("unreachable")
 	}},
 }
 
-func TestOctopusScriptsInContainer(t *testing.T) {
-	withImages(t, testenv.Bookworm)
+func TestOctopusScripts(t *testing.T) {
 	ta := startAgent(t)
-	for _, tt := range octopusScripts {
-		t.Run(tt.name, func(t *testing.T) {
-			tk := ticket(t)
-			run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: inContainer(testenv.Bookworm),
-				Script: &pb.Script{Syntax: tt.syntax, Body: tt.body},
-				Variables: []*pb.Variable{
-					{Name: "Octopus.Action.Name", Value: "Deploy web"},
-					{Name: "MyApp.ConnectionString", Value: "Server=db;User='app'"},
-					{Name: "MyApp.Password", Value: "pa55-w0rd-octopus", Sensitive: true},
-				}})
-			st := run.final
-			if exitCode(st) != tt.wantExit || st.GetOutcome() != pb.Outcome_OUTCOME_FAILED || st.GetReason() != "Deployment failed: smoke test" {
-				t.Fatalf("exit %d outcome %v reason %q; stderr %q agent %q", exitCode(st), st.GetOutcome(), st.GetReason(), run.stderr, run.agent)
-			}
-			// The level switches are Octopus's; this test is about the text.
-			stdout := slices.DeleteFunc(slices.Clone(run.stdout), func(l string) bool { return strings.HasPrefix(l, "##octopus[stdout-") })
-			// Python's helper names the artifact's absolute path, in the
-			// workspace, mounted at the same path as on the host.
-			work := filepath.Join(ta.stateDir, "steps", tk, "work")
-			want := slices.Clone(tt.wantOut)
-			for i := range want {
-				want[i] = strings.ReplaceAll(want[i], "WORK", work)
-			}
-			if fmt.Sprint(stdout) != fmt.Sprint(want) {
-				t.Errorf("stdout %q, want %q", stdout, want)
-			}
-			if len(run.stderr) != 0 {
-				t.Errorf("stderr %q", run.stderr)
-			}
-			vars := map[string]*pb.OutputVariable{}
-			for _, v := range st.GetOutputVariables() {
-				vars[v.GetName()] = v
-			}
-			if v := vars["TestResult"]; len(vars) != 2 || v.GetValue() != "Passed" || v.GetSensitive() {
-				t.Errorf("output variables %v", vars)
-			}
-			if v := vars["Password"]; v.GetValue() != "correct horse battery staple" || !v.GetSensitive() {
-				t.Errorf("sensitive output variable %v", v)
-			}
-			if !slices.Contains(run.agent, "progress 50%: Half way") {
-				t.Errorf("no progress line in %q", run.agent)
-			}
-			arts := st.GetArtifacts()
-			if len(arts) != 1 || arts[0].GetName() != "Report.txt" {
-				t.Fatalf("artifacts %v", arts)
-			}
-			stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: arts[0].GetPath()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []byte
-			for {
-				msg, err := stream.Recv()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				got = append(got, msg.GetData()...)
-			}
-			if string(got) != "report\n" {
-				t.Errorf("artifact content %q", got)
-			}
-			// The sensitive input is nowhere in the state dir in plaintext.
-			err = filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
-				if err != nil || d.IsDir() {
-					return err
-				}
-				b, err := os.ReadFile(path)
-				if err != nil {
-					return err
-				}
-				if bytes.Contains(b, []byte("pa55-w0rd-octopus")) {
-					t.Errorf("%s holds the sensitive value in plaintext", path)
-				}
-				return nil
+	for _, container := range []bool{true, false} {
+		for _, tt := range octopusScripts {
+			t.Run(fmt.Sprintf("%s container=%v", tt.name, container), func(t *testing.T) {
+				testOctopusScript(t, ta, hostOrContainer(t, container), tt.syntax, tt.body, tt.wantExit, tt.wantOut)
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ta.complete(t, tk)
-		})
+		}
 	}
+}
+
+func testOctopusScript(t *testing.T, ta *testAgent, exec *pb.Execution, syntax pb.Syntax, body string, wantExit int, wantOut []string) {
+	tk := ticket(t)
+	run := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: exec,
+		Script: &pb.Script{Syntax: syntax, Body: body},
+		Variables: []*pb.Variable{
+			{Name: "Octopus.Action.Name", Value: "Deploy web"},
+			{Name: "MyApp.ConnectionString", Value: "Server=db;User='app'"},
+			{Name: "MyApp.Password", Value: "pa55-w0rd-octopus", Sensitive: true},
+		}})
+	st := run.final
+	if exitCode(st) != wantExit || st.GetOutcome() != pb.Outcome_OUTCOME_FAILED || st.GetReason() != "Deployment failed: smoke test" {
+		t.Fatalf("exit %d outcome %v reason %q; stderr %q agent %q", exitCode(st), st.GetOutcome(), st.GetReason(), run.stderr, run.agent)
+	}
+	// The level switches are Octopus's; this test is about the text.
+	stdout := slices.DeleteFunc(slices.Clone(run.stdout), func(l string) bool { return strings.HasPrefix(l, "##octopus[stdout-") })
+	// Python's helper names the artifact's absolute path, in the
+	// workspace, mounted at the same path as on the host.
+	work := filepath.Join(ta.stateDir, "steps", tk, "work")
+	want := slices.Clone(wantOut)
+	for i := range want {
+		want[i] = strings.ReplaceAll(want[i], "WORK", work)
+	}
+	if fmt.Sprint(stdout) != fmt.Sprint(want) {
+		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+	if len(run.stderr) != 0 {
+		t.Errorf("stderr %q", run.stderr)
+	}
+	vars := map[string]*pb.OutputVariable{}
+	for _, v := range st.GetOutputVariables() {
+		vars[v.GetName()] = v
+	}
+	if v := vars["TestResult"]; len(vars) != 2 || v.GetValue() != "Passed" || v.GetSensitive() {
+		t.Errorf("output variables %v", vars)
+	}
+	if v := vars["Password"]; v.GetValue() != "correct horse battery staple" || !v.GetSensitive() {
+		t.Errorf("sensitive output variable %v", v)
+	}
+	if !slices.Contains(run.agent, "progress 50%: Half way") {
+		t.Errorf("no progress line in %q", run.agent)
+	}
+	arts := st.GetArtifacts()
+	if len(arts) != 1 || arts[0].GetName() != "Report.txt" {
+		t.Fatalf("artifacts %v", arts)
+	}
+	stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: arts[0].GetPath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, msg.GetData()...)
+	}
+	if string(got) != "report\n" {
+		t.Errorf("artifact content %q", got)
+	}
+	// The sensitive input is nowhere in the state dir in plaintext.
+	err = filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte("pa55-w0rd-octopus")) {
+			t.Errorf("%s holds the sensitive value in plaintext", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.complete(t, tk)
 }
