@@ -80,8 +80,8 @@ def get_variable(name, default=_MISSING):
 
     Raises KeyError for an unknown name unless a default is given.
     """
-    for variables in (_secrets(), _plain()):
-        value = _find(variables, name)
+    for load in (_secrets, _plain):
+        value = _find(load(), name)
         if value is not _MISSING:
             return value
     if default is not _MISSING:
