@@ -9,9 +9,10 @@ import (
 
 // helperFiles are written to STEPDIR/.runner for every step: the functions
 // every script gets without doing anything (set_variable, get_variable,
-// new_artifact, mask, fail_step, set_progress). They hold no secret.
+// new_artifact, mask, fail_step, set_progress, and Octopus's helpers). They
+// hold no secret.
 //
-//go:embed helpers/helpers.sh helpers/stevedore_helpers.py helpers/stevedore_bootstrap.py
+//go:embed helpers/helpers.sh helpers/helpers.bash helpers/stevedore_helpers.py helpers/stevedore_bootstrap.py
 var helperFiles embed.FS
 
 // Where the helpers go in a step directory.

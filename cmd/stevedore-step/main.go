@@ -6,8 +6,8 @@
 //
 //	stevedore-step version                    print the version
 //	stevedore-step run STEPDIR                run STEPDIR's script (secrets on stdin)
-//	stevedore-step emit TYPE [KEY=VALUE...]   print a service message
-//	stevedore-step get-variable NAME          print a step variable's value
+//	stevedore-step emit [--octopus] TYPE [KEY=VALUE...]   print a service message
+//	stevedore-step get-variable [--octopus] NAME          print a step variable's value
 //
 // run is what the agent starts; emit and get-variable are what the helper
 // functions given to every script call, through $STEVEDORE_RUNNER.
@@ -37,8 +37,8 @@ const (
 const usage = `usage:
   stevedore-step version
   stevedore-step run STEPDIR
-  stevedore-step emit TYPE [KEY=VALUE...]
-  stevedore-step get-variable NAME
+  stevedore-step emit [--octopus] TYPE [KEY=VALUE...]
+  stevedore-step get-variable [--octopus] NAME
 `
 
 func main() {
@@ -69,10 +69,13 @@ func run(args []string) int {
 		}
 		return emit(rest)
 	case "get-variable":
+		if len(rest) == 2 && rest[0] == "--octopus" {
+			return getVariable(rest[1], true)
+		}
 		if len(rest) != 1 {
 			break
 		}
-		return getVariable(rest[0])
+		return getVariable(rest[0], false)
 	}
 	fmt.Fprint(os.Stderr, usage)
 	return exitUsage

@@ -134,8 +134,15 @@ func (r *runner) run(stdin io.Reader) int {
 		// cannot read them.
 		r.out.runnerLine("sensitive variables are not available to get_variable: %v", err)
 	}
-	env := r.environment(self, memfd != nil, extraEnv)
-	return r.start(path, args, env, memfd)
+	var params *os.File
+	if r.spec.Syntax == stepspec.SyntaxBash {
+		if params, err = r.parametersFile(); err != nil {
+			// get_octopusvariable still works, through the runner.
+			r.out.runnerLine("octopus_parameters is not available: %v", err)
+		}
+	}
+	env := r.environment(self, memfd != nil, params != nil, extraEnv)
+	return r.start(path, args, env, memfd, params)
 }
 
 // readSecrets reads the secrets document until EOF, or until a cancel
@@ -244,10 +251,10 @@ func executable() (string, error) {
 // environment returns the script's environment: the runner's own (PATH,
 // HOME...), then the step's variables, then the runner's STEVEDORE_*
 // entries, which nothing overrides.
-func (r *runner) environment(self string, secretsFD bool, extra []string) []string {
+func (r *runner) environment(self string, secretsFD, paramsFD bool, extra []string) []string {
 	env := make([]string, 0, len(os.Environ())+len(r.spec.Variables)+len(r.secrets.Variables)+8)
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); k != envSecretsFD {
+		if k, _, _ := strings.Cut(kv, "="); k != envSecretsFD && k != envParametersFD {
 			env = append(env, kv)
 		}
 	}
@@ -270,13 +277,19 @@ func (r *runner) environment(self string, secretsFD bool, extra []string) []stri
 	if secretsFD {
 		env = append(env, envSecretsFD+"="+strconv.Itoa(secretsFDChild))
 	}
+	if paramsFD {
+		env = append(env, envParametersFD+"="+strconv.Itoa(parametersFDChild))
+	}
 	return append(env, extra...)
 }
 
 // start runs the script and waits for it and its output.
-func (r *runner) start(path string, args, env []string, memfd *os.File) int {
+func (r *runner) start(path string, args, env []string, memfd, params *os.File) int {
 	if memfd != nil {
 		defer memfd.Close() // the script has its own copy
+	}
+	if params != nil {
+		defer params.Close()
 	}
 	select {
 	case sig := <-r.sigs: // a signal that came during the preparations
@@ -314,8 +327,10 @@ func (r *runner) start(path string, args, env []string, memfd *os.File) int {
 		// the runner.
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
-	if memfd != nil {
-		cmd.ExtraFiles = []*os.File{memfd} // fd 3, secretsFDChild
+	if memfd != nil || params != nil {
+		// fd 3 (secretsFDChild) and fd 4 (parametersFDChild); a nil one
+		// is closed in the script.
+		cmd.ExtraFiles = []*os.File{memfd, params}
 	}
 	r.res.StartedAt = time.Now()
 	err = cmd.Start()

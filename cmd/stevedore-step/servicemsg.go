@@ -28,6 +28,9 @@ const (
 	evMask           = "mask"
 	evProgress       = "progress"
 	evFailStep       = "failStep"
+	// evResultMessage is Octopus's name for the message its fail_step
+	// sends; it is recorded as a failStep event.
+	evResultMessage = "resultMessage"
 )
 
 var servicePrefixes = [][]byte{[]byte("##stevedore["), []byte("##octopus[")}
@@ -146,8 +149,8 @@ func eventOf(typ string, attrs map[string]string) (steplog.Event, bool) {
 			return steplog.Event{}, false
 		}
 		ev.Percentage, ev.Message = p, attrs["message"]
-	case evFailStep:
-		ev.Message = attrs["message"]
+	case evFailStep, evResultMessage:
+		ev.Type, ev.Message = evFailStep, attrs["message"]
 	default:
 		return steplog.Event{}, false
 	}
@@ -192,7 +195,14 @@ type attr struct{ key, value string }
 // formatServiceMessage returns a well-formed "##stevedore[...]" line, with
 // its '\n'.
 func formatServiceMessage(typ string, attrs []attr) []byte {
-	b := append([]byte("##stevedore["), typ...)
+	return formatPrefixed(servicePrefixes[0], typ, attrs)
+}
+
+// formatPrefixed returns a service message line with prefix ("##stevedore["
+// or "##octopus[").
+func formatPrefixed(prefix []byte, typ string, attrs []attr) []byte {
+	b := append([]byte(nil), prefix...)
+	b = append(b, typ...)
 	for _, a := range attrs {
 		b = append(b, ' ')
 		b = append(b, a.key...)
@@ -203,9 +213,15 @@ func formatServiceMessage(typ string, attrs []attr) []byte {
 	return append(b, "]\n"...)
 }
 
-// emit is "stevedore-step emit TYPE KEY=VALUE...": it prints a service
-// message, so that scripts (and the shell helpers) need no base64 tool.
+// emit is "stevedore-step emit [--octopus] TYPE KEY=VALUE...": it prints a
+// service message, so that scripts (and the shell helpers) need no base64
+// tool. --octopus prints "##octopus[...]", the message Octopus's own helpers
+// print.
 func emit(args []string) int {
+	prefix := servicePrefixes[0]
+	if args[0] == "--octopus" && len(args) > 1 {
+		prefix, args = servicePrefixes[1], args[1:]
+	}
 	typ := args[0]
 	if nameLen([]byte(typ)) != len(typ) {
 		fmt.Fprintf(os.Stderr, "stevedore-step: emit: invalid type %q\n", typ)
@@ -231,7 +247,7 @@ func emit(args []string) int {
 		attrs = append(attrs, attr{key, value})
 	}
 	// One write, so that the line is not interleaved with other output.
-	if _, err := os.Stdout.Write(formatServiceMessage(typ, attrs)); err != nil {
+	if _, err := os.Stdout.Write(formatPrefixed(prefix, typ, attrs)); err != nil {
 		fmt.Fprintf(os.Stderr, "stevedore-step: emit: %v\n", err)
 		return 1
 	}

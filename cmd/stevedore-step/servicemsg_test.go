@@ -47,6 +47,7 @@ func TestParseServiceMessage(t *testing.T) {
 			steplog.Event{Type: "progress", Percentage: 50, Message: "half"}, true},
 		{"failStep", "##stevedore[failStep message='" + b64("broken") + "']", steplog.Event{Type: "failStep", Message: "broken"}, true},
 		{"failStep without message", "##stevedore[failStep]", steplog.Event{Type: "failStep"}, true},
+		{"octopus resultMessage is a failStep", "##octopus[resultMessage message='" + b64("broken") + "']", steplog.Event{Type: "failStep", Message: "broken"}, true},
 
 		{"not a message", "hello", steplog.Event{}, false},
 		{"empty", "", steplog.Event{}, false},
@@ -186,6 +187,7 @@ func TestEmitCommand(t *testing.T) {
 		{"setVariable", []string{"setVariable", "name=A.b", "value=x=y"}, 0, steplog.Event{Type: "setVariable", Name: "A.b", Value: "x=y"}},
 		{"empty value", []string{"mask", "value="}, 0, steplog.Event{Type: "mask"}},
 		{"no attributes", []string{"failStep"}, 0, steplog.Event{Type: "failStep"}},
+		{"octopus", []string{"--octopus", "resultMessage", "message=it's"}, 0, steplog.Event{Type: "failStep", Message: "it's"}},
 		{"no type", nil, exitUsage, steplog.Event{}},
 		{"bad type", []string{"set variable"}, exitUsage, steplog.Event{}},
 		{"not key=value", []string{"mask", "value"}, exitUsage, steplog.Event{}},
@@ -211,6 +213,9 @@ func TestEmitCommand(t *testing.T) {
 			line, ok := bytes.CutSuffix(stdout.Bytes(), []byte("\n"))
 			if !ok || bytes.Contains(line, []byte("\n")) {
 				t.Fatalf("not one line: %q", stdout.String())
+			}
+			if wantPrefix := map[bool]string{false: "##stevedore[", true: "##octopus["}[tt.args[0] == "--octopus"]; !bytes.HasPrefix(line, []byte(wantPrefix)) {
+				t.Fatalf("%q does not start with %s", line, wantPrefix)
 			}
 			ev, ok := parseServiceMessage(line)
 			if !ok || ev != tt.want {

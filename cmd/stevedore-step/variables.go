@@ -94,14 +94,19 @@ func secretsFile(vars []stepspec.Variable) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode secrets: %w", err)
 	}
-	fd, err := unix.MemfdCreate("stevedore-secrets", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	return sealedMemfd("stevedore-secrets", data)
+}
+
+// sealedMemfd returns a memfd holding data, sealed against any change.
+func sealedMemfd(name string, data []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "stevedore-secrets")
+	f := os.NewFile(uintptr(fd), name)
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("write secrets memfd: %w", err)
+		return nil, fmt.Errorf("write %s memfd: %w", name, err)
 	}
 	// Sealing is a safeguard, not a requirement: a kernel without it still
 	// gets a memfd that only this step's processes can reach.
@@ -156,10 +161,15 @@ func findVariable(vars []stepspec.Variable, name string) (string, bool) {
 	return "", false
 }
 
-// getVariable is "stevedore-step get-variable NAME": it prints the value,
-// exactly, without a newline of its own.
-func getVariable(name string) int {
+// getVariable is "stevedore-step get-variable [--octopus] NAME": it prints
+// the value, exactly, without a newline of its own. With --octopus, an
+// unknown name prints an empty line and succeeds, as Octopus's
+// get_octopusvariable does.
+func getVariable(name string, octopus bool) int {
 	v, err := lookupVariable(name)
+	if octopus && errors.Is(err, errNoVariable) {
+		v, err = "\n", nil
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "stevedore-step: get-variable: %v\n", err)
 		return 1
