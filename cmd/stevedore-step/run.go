@@ -355,8 +355,18 @@ func (r *runner) start(path string, args, env []string, memfd *os.File) int {
 		r.res.ExitCode = state.ExitCode()
 	}
 	r.out.mu.Lock()
-	if r.out.failed {
+	// failStep's message wins over resultMessage's: it is the reason the
+	// script gave for failing, the more specific of the two. Message holds
+	// either, so that an agent that knows no ResultMessage shows it on a
+	// failure; ResultMessage alone is the reason of a script that succeeded.
+	switch {
+	case r.out.failed:
 		r.res.Message = r.out.failMessage
+	case r.out.hasResult:
+		r.res.Message = r.out.resultMessage
+	}
+	if r.out.hasResult {
+		r.res.ResultMessage = r.out.resultMessage
 	}
 	r.out.mu.Unlock()
 	if g.cancelled() != nil && r.res.Message == "" {

@@ -83,9 +83,12 @@ type Result struct {
 	ExitCode int `json:"exit_code"`
 	// Signal names the signal that ended the script ("SIGTERM"), if any.
 	Signal string `json:"signal,omitempty"`
-	// Message is the script's own reason (fail_step), or the runner's when it
-	// could not run the script at all.
+	// Message is the script's own reason (fail_step, else resultMessage),
+	// or the runner's when it could not run the script at all.
 	Message string `json:"message,omitempty"`
+	// ResultMessage is the script's last resultMessage (Octopus's service
+	// message): the reason its result reads with, also when it succeeded.
+	ResultMessage string `json:"result_message,omitempty"`
 	// RunnerError is true when the runner failed, not the script: bad spec,
 	// secrets not delivered, an interpreter missing.
 	RunnerError bool `json:"runner_error,omitempty"`
