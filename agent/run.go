@@ -119,7 +119,7 @@ func (a *Agent) run(s *step) {
 		grace = a.cfg.DefaultGrace
 	}
 	runSpec := stepspec.Spec{Ticket: s.rec.Ticket, Syntax: syntaxName(req.GetScript().GetSyntax()), FirstSequence: first,
-		CancelGrace: stepspec.Duration(grace), LogLimit: a.cfg.MaxLogSize}
+		CancelGrace: stepspec.Duration(grace), LogLimit: a.cfg.MaxLogSize, LogLevels: true}
 	for _, v := range req.GetVariables() {
 		if !v.GetSensitive() {
 			runSpec.Variables = append(runSpec.Variables, stepspec.Variable{Name: v.GetName(), Value: v.GetValue()})

@@ -134,6 +134,21 @@ echo '##octopus[stdout-default]'; echo plain again
 	}
 }
 
+// TestNoLevelsForAnOlderAgent: an agent that does not ask for levels gets
+// none in output.log (its reader would stop at the first), and the
+// switches stay lines, as they were before levels existed.
+func TestNoLevelsForAnOlderAgent(t *testing.T) {
+	d := runStepT(t, step{noLevels: true, script: "echo '##octopus[stdout-warning]'; echo careful\nprintf 'a '; echo '##octopus[stdout-default]'\n"})
+	want := []line{
+		{steplog.KindStdout, steplog.LevelDefault, false, "##octopus[stdout-warning]"},
+		{steplog.KindStdout, steplog.LevelDefault, false, "careful"},
+		{steplog.KindStdout, steplog.LevelDefault, false, "a ##octopus[stdout-default]"},
+	}
+	if got := d.outputLines(); d.exit != 0 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("exit %d, lines %v, want %v", d.exit, got, want)
+	}
+}
+
 func TestResultMessage(t *testing.T) {
 	msg := func(s string) string {
 		return fmt.Sprintf("echo \"##octopus[resultMessage message='$(printf %%s '%s' | base64)']\"\n", s)

@@ -40,6 +40,7 @@ type output struct {
 	w       *steplog.Writer
 	masks   masker
 	stepKey []byte    // seals sensitive output variables; may be empty
+	levels  bool      // the agent reads levels (stepspec.Spec.LogLevels)
 	workDir string    // relative artifact paths are relative to it
 	now     time.Time // the time of the records being written
 
@@ -325,15 +326,22 @@ func (s *stream) service(data []byte, cont bool) bool {
 		return false
 	}
 	for i := indexServicePrefix(data); i >= 0; {
-		if ev, ok := parseServiceMessage(data[i:]); ok {
+		ev, ok := parseServiceMessage(data[i:])
+		level, isSwitch := levelSwitches[ev.Type]
+		if ok && isSwitch && !s.o.levels {
+			// The agent would take a level for corruption: the switch
+			// stays a line, as before levels existed.
+			ok = false
+		}
+		if ok {
 			if i > 0 {
 				s.o.script(s.kind, s.level, true, data[:i])
 			}
-			if level, ok := levelSwitches[ev.Type]; ok {
+			if isSwitch {
 				s.level = level
-				return true
+			} else {
+				s.o.event(ev)
 			}
-			s.o.event(ev)
 			return true
 		}
 		next := indexServicePrefix(data[i+2:])

@@ -93,6 +93,7 @@ func (r *runner) run(stdin io.Reader) int {
 	r.res.StartedAt = time.Now()
 	specErr := stepspec.ReadJSON(filepath.Join(r.stepDir, stepspec.SpecFile), &r.spec)
 	r.out = newOutput(r.logFile, r.spec.FirstSequence, r.spec.LogLimit)
+	r.out.levels = r.spec.LogLevels
 	r.out.workDir = r.workDir
 	if specErr != nil {
 		return r.fail(exitRunnerError, "read the step's spec: %v", specErr)

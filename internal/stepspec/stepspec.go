@@ -57,6 +57,11 @@ type Spec struct {
 	// LogLimit bounds the bytes of the script's output kept in output.log,
 	// so that a runaway step cannot fill the worker's disk; 0: no bound.
 	LogLimit int64 `json:"log_limit,omitempty"`
+	// LogLevels: the agent reads output.log records with a level, so the
+	// runner honours the level switches (stdout-warning and the like).
+	// Without it (an older agent, whose reader would take the level bits
+	// for corruption) the runner writes none and the switches stay lines.
+	LogLevels bool `json:"log_levels,omitempty"`
 }
 
 // Variable is a name and value given to the script.
