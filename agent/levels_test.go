@@ -85,3 +85,29 @@ func TestLevelsAndResultMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestLevelsAndReasonAfterRestart: levels come from output.log and the
+// reason from the journal, so a restarted agent serves both as before.
+func TestLevelsAndReasonAfterRestart(t *testing.T) {
+	ta := startAgent(t)
+	tk := ticket(t)
+	first := ta.run(t, &pb.StartStepRequest{Ticket: tk, Execution: host(),
+		Script: bash("echo '##octopus[stdout-highlight]'; echo big news; echo '##octopus[stdout-default]'; echo plain\n" + resultMessage("all good"))})
+	ta.stop()
+	ta.start()
+	again := ta.follow(t, tk)
+	defer ta.complete(t, tk)
+	levels := func(r *stepRun) []string {
+		var out []string
+		for _, l := range r.lines {
+			out = append(out, fmt.Sprintf("%s %s %q", l.GetSource(), l.GetLevel(), l.GetText()))
+		}
+		return out
+	}
+	if !slices.Equal(levels(again), levels(first)) || again.final.GetReason() != "all good" {
+		t.Fatalf("after the restart %q, reason %q; before %q", levels(again), again.final.GetReason(), levels(first))
+	}
+	if !slices.Contains(levels(first), `LOG_SOURCE_STDOUT LOG_LEVEL_HIGHLIGHT "big news"`) {
+		t.Fatalf("lines %q", levels(first))
+	}
+}

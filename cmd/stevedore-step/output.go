@@ -26,7 +26,8 @@ const (
 	// so that a large sensitive value (a certificate, say) is not cut into
 	// pieces and written to the log, but still bounded.
 	maxServiceLine = 1 << 20
-	// maxMessage bounds a progress or failStep message (Result.Message).
+	// maxMessage bounds a progress, failStep or resultMessage message
+	// (Result.Message, Result.ResultMessage).
 	maxMessage = 8 << 10
 )
 
