@@ -1831,6 +1831,8 @@ type StepStatus struct {
 	Outcome Outcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=stevedore.v1.Outcome" json:"outcome,omitempty"`
 	// The exit record: the script's exit code when it has one, the signal that
 	// ended it, and why in words (the cancel, the timeout, the image rejected).
+	// The script's own reason, when the agent's is not the one: its failStep
+	// message, else its last resultMessage (Octopus's), on a success too.
 	ExitCode *int32 `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
 	Signal   string `protobuf:"bytes,5,opt,name=signal,proto3" json:"signal,omitempty"`
 	Reason   string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
