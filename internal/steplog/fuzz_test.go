@@ -90,11 +90,14 @@ func FuzzReader(f *testing.F) {
 	w.Flush()
 	corrupt := bytes.Clone(good.Bytes())
 	corrupt[headerSize+5+4] = 9 // the second record's kind
+	eventLevel := bytes.Clone(good.Bytes())
+	eventLevel[2*headerSize+5+5] = byte(LevelWarning) << levelShift // the event's flags
 	huge := make([]byte, headerSize)
 	binary.LittleEndian.PutUint32(huge, 0xffffffff)
 	f.Add(good.Bytes(), uint32(10))
 	f.Add(good.Bytes()[:len(good.Bytes())-3], uint32(headerSize))
 	f.Add(corrupt, uint32(0))
+	f.Add(eventLevel, uint32(headerSize+5))
 	f.Add(huge, uint32(1))
 	f.Add([]byte{}, uint32(0))
 	f.Add(make([]byte, 64), uint32(7))

@@ -538,3 +538,24 @@ func BenchmarkRead(b *testing.B) {
 		}
 	}
 }
+
+// The fuzz seed that sets a level on an event is refused at that event.
+func TestEventWithLevelSeed(t *testing.T) {
+	var good bytes.Buffer
+	w := NewWriter(&good, 1)
+	w.Append(KindStdout, false, time.Unix(0, 1), []byte("hello"))
+	w.Append(KindStderr, true, time.Unix(0, 2), nil)
+	w.Append(KindEvent, false, time.Unix(0, 3), []byte(`{"type":"mask"}`))
+	w.Flush()
+	b := good.Bytes()
+	if Kind(b[2*headerSize+5+4]) != KindEvent {
+		t.Fatal("the third record is not where the seed expects")
+	}
+	b[2*headerSize+5+5] = byte(LevelWarning) << levelShift
+	r := NewReader(bytes.NewReader(b), 0)
+	r.Next()
+	r.Next()
+	if _, err := r.Next(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("an event with a level: %v, want ErrCorrupt", err)
+	}
+}
