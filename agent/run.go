@@ -119,7 +119,7 @@ func (a *Agent) run(s *step) {
 		grace = a.cfg.DefaultGrace
 	}
 	runSpec := stepspec.Spec{Ticket: s.rec.Ticket, Syntax: syntaxName(req.GetScript().GetSyntax()), FirstSequence: first,
-		CancelGrace: stepspec.Duration(grace), LogLimit: a.cfg.MaxLogSize}
+		CancelGrace: stepspec.Duration(grace), LogLimit: a.cfg.MaxLogSize, LogLevels: true}
 	for _, v := range req.GetVariables() {
 		if !v.GetSensitive() {
 			runSpec.Variables = append(runSpec.Variables, stepspec.Variable{Name: v.GetName(), Value: v.GetValue()})
@@ -280,7 +280,9 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 		case result.RunnerError:
 			outcome, reason = pb.Outcome_OUTCOME_AGENT_ERROR, "the step runner failed: "+result.Message
 		case result.ExitCode == 0:
-			outcome = pb.Outcome_OUTCOME_SUCCEEDED
+			// The script's resultMessage, if any, is the reason it
+			// succeeded with; its log already shows it.
+			outcome, reason = pb.Outcome_OUTCOME_SUCCEEDED, result.ResultMessage
 		default:
 			reason = fmt.Sprintf("the script exited with code %d", result.ExitCode)
 			if signal != "" {
@@ -321,7 +323,7 @@ func (a *Agent) finishRun(s *step, spec *executor.Spec, exit executor.Exit, resu
 	} else if exit.StoppedOutside && stopReason == pb.Outcome_OUTCOME_UNSPECIFIED {
 		reason = fmt.Sprintf("the step's container was stopped from outside the agent (%s, e.g. docker stop); %s", exit.Signal, reason)
 	}
-	if reason != "" && outcome != pb.Outcome_OUTCOME_FAILED {
+	if reason != "" && outcome != pb.Outcome_OUTCOME_FAILED && outcome != pb.Outcome_OUTCOME_SUCCEEDED {
 		s.agentLog(reason)
 	}
 	a.finish(s, spec, outcome, code, signal, reason)

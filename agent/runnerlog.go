@@ -155,7 +155,7 @@ func (l *runnerLog) read(after uint64, maxLines, maxBytes int) ([]*pb.LogLine, e
 		if rec.Seq <= after {
 			continue
 		}
-		line := &pb.LogLine{Sequence: rec.Seq, Time: timestamppb.New(rec.Time), Text: rec.Data, Partial: rec.Partial}
+		line := &pb.LogLine{Sequence: rec.Seq, Time: timestamppb.New(rec.Time), Text: rec.Data, Partial: rec.Partial, Level: logLevel(rec.Level)}
 		switch rec.Kind {
 		case steplog.KindStdout:
 			line.Source = pb.LogSource_LOG_SOURCE_STDOUT
@@ -170,6 +170,25 @@ func (l *runnerLog) read(after uint64, maxLines, maxBytes int) ([]*pb.LogLine, e
 		out = append(out, line)
 	}
 	return out, nil
+}
+
+// logLevel is a record's level on the wire. The numbers are the same by
+// contract (agent.proto's LogLevel); the switch keeps a level the wire does
+// not know from passing as a number no client can name.
+func logLevel(l steplog.Level) pb.LogLevel {
+	switch l {
+	case steplog.LevelVerbose:
+		return pb.LogLevel_LOG_LEVEL_VERBOSE
+	case steplog.LevelHighlight:
+		return pb.LogLevel_LOG_LEVEL_HIGHLIGHT
+	case steplog.LevelWait:
+		return pb.LogLevel_LOG_LEVEL_WAIT
+	case steplog.LevelWarning:
+		return pb.LogLevel_LOG_LEVEL_WARNING
+	case steplog.LevelError:
+		return pb.LogLevel_LOG_LEVEL_ERROR
+	}
+	return pb.LogLevel_LOG_LEVEL_UNSPECIFIED
 }
 
 // describeEvent is how an event record reads in the step log.
@@ -190,6 +209,8 @@ func describeEvent(data []byte) string {
 		return fmt.Sprintf("progress %d%%: %s", ev.Percentage, ev.Message)
 	case "failStep":
 		return "step failed: " + ev.Message
+	case "resultMessage":
+		return "result message: " + ev.Message
 	case "mask":
 		return "a value will be masked from here on"
 	}

@@ -310,8 +310,12 @@ func (s *Server) apiLog(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// textLog writes the task log as text, a line each (stderr and the
-// agent's lines marked), following it to the step's end if asked.
+// textLog writes the task log as text, a line each, following it to the
+// step's end if asked. Marks at a line's start say what is not an ordinary
+// stdout line: "[stderr] ", "[stevedore] " (the agent's), then the level's,
+// "[verbose] ", "[highlight] ", "[wait] ", "[warning] " or "[error] ". The
+// pieces that continue a partial line get none, so the line reads whole;
+// another source's line after a partial one starts on a line of its own.
 func (s *Server) textLog(w http.ResponseWriter, r *http.Request, id string, after uint64, follow bool) {
 	if _, ok := s.Step(id); !ok {
 		apiError(w, http.StatusNotFound, fmt.Errorf("%w: %s", ErrUnknownStep, id))
@@ -319,6 +323,8 @@ func (s *Server) textLog(w http.ResponseWriter, r *http.Request, id string, afte
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	flusher, _ := w.(http.Flusher)
+	lineStart := true // the next piece starts a line
+	openSource := ""  // else, the source of the partial line it may continue
 	for {
 		wait := time.Duration(0)
 		if follow {
@@ -329,16 +335,27 @@ func (s *Server) textLog(w http.ResponseWriter, r *http.Request, id string, afte
 			return
 		}
 		for _, l := range lines {
-			switch l.Source {
-			case "stderr":
-				io.WriteString(w, "[stderr] ")
-			case "agent":
-				io.WriteString(w, "[stevedore] ")
+			if !lineStart && l.Source != openSource {
+				// Another source's line does not continue this one.
+				io.WriteString(w, "\n")
+				lineStart = true
+			}
+			if lineStart {
+				switch l.Source {
+				case "stderr":
+					io.WriteString(w, "[stderr] ")
+				case "agent":
+					io.WriteString(w, "[stevedore] ")
+				}
+				if l.Level != "" {
+					io.WriteString(w, "["+l.Level+"] ")
+				}
 			}
 			w.Write(l.Content())
 			if !l.Partial {
 				io.WriteString(w, "\n")
 			}
+			lineStart, openSource = !l.Partial, l.Source
 			after = l.Sequence
 		}
 		if flusher != nil {

@@ -27,6 +27,30 @@ type LogEntry struct {
 	Text     string    `json:"text,omitempty"`
 	Bytes    []byte    `json:"bytes,omitempty"`
 	Partial  bool      `json:"partial,omitempty"`
+	// Level is the line's level (verbose, highlight, wait, warning,
+	// error); empty for the ordinary level, so that most lines, and every
+	// task log written before levels existed, have none.
+	Level string `json:"level,omitempty"`
+}
+
+// levelNames are the task log's names of the wire's levels.
+var levelNames = map[pb.LogLevel]string{
+	pb.LogLevel_LOG_LEVEL_VERBOSE:   "verbose",
+	pb.LogLevel_LOG_LEVEL_HIGHLIGHT: "highlight",
+	pb.LogLevel_LOG_LEVEL_WAIT:      "wait",
+	pb.LogLevel_LOG_LEVEL_WARNING:   "warning",
+	pb.LogLevel_LOG_LEVEL_ERROR:     "error",
+}
+
+// LogLevel is the entry's level on the wire; an unknown name (a newer
+// server's) reads as the ordinary level, so the line is still shown.
+func (e LogEntry) LogLevel() pb.LogLevel {
+	for l, name := range levelNames {
+		if name == e.Level {
+			return l
+		}
+	}
+	return pb.LogLevel_LOG_LEVEL_UNSPECIFIED
 }
 
 // Content is the line's bytes.
@@ -38,7 +62,7 @@ func (e LogEntry) Content() []byte {
 }
 
 func entryOf(l *pb.LogLine) LogEntry {
-	e := LogEntry{Sequence: l.GetSequence(), Time: l.GetTime().AsTime(), Partial: l.GetPartial()}
+	e := LogEntry{Sequence: l.GetSequence(), Time: l.GetTime().AsTime(), Partial: l.GetPartial(), Level: levelNames[l.GetLevel()]}
 	switch l.GetSource() {
 	case pb.LogSource_LOG_SOURCE_STDOUT:
 		e.Source = "stdout"

@@ -75,3 +75,36 @@ func BenchmarkReadTaskLogTail(b *testing.B) {
 		}
 	}
 }
+
+// Every level goes through the task log and comes back; a line of a task
+// log written before levels existed, or with a level this server does not
+// know, reads as the ordinary level.
+func TestTaskLogLevels(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "step.log")
+	tl, err := openTaskLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []*pb.LogLine
+	for i, l := range []pb.LogLevel{pb.LogLevel_LOG_LEVEL_UNSPECIFIED, pb.LogLevel_LOG_LEVEL_VERBOSE, pb.LogLevel_LOG_LEVEL_HIGHLIGHT,
+		pb.LogLevel_LOG_LEVEL_WAIT, pb.LogLevel_LOG_LEVEL_WARNING, pb.LogLevel_LOG_LEVEL_ERROR} {
+		lines = append(lines, &pb.LogLine{Sequence: uint64(i + 1), Source: pb.LogSource_LOG_SOURCE_STDOUT, Time: timestamppb.New(time.Unix(0, 0)), Text: []byte(l.String()), Level: l})
+	}
+	if _, err := tl.append(lines); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readTaskLog(path, 0, 100)
+	if err != nil || len(got) != len(lines) {
+		t.Fatalf("%d entries, %v", len(got), err)
+	}
+	for i, e := range got {
+		if e.LogLevel() != lines[i].Level || (e.Level == "") != (lines[i].Level == pb.LogLevel_LOG_LEVEL_UNSPECIFIED) {
+			t.Errorf("entry %d: level %q reads as %s, want %s", i, e.Level, e.LogLevel(), lines[i].Level)
+		}
+	}
+	for _, name := range []string{"", "loud"} {
+		if l := (LogEntry{Level: name}).LogLevel(); l != pb.LogLevel_LOG_LEVEL_UNSPECIFIED {
+			t.Errorf("level %q reads as %s", name, l)
+		}
+	}
+}

@@ -67,6 +67,7 @@ type step struct {
 	firstSeq uint64
 	grace    time.Duration
 	env      []string // the runner's environment, instead of the test's
+	noLevels bool     // as an agent that reads no levels asks
 }
 
 // newStepDir writes a step directory for s.
@@ -79,6 +80,7 @@ func newStepDir(t *testing.T, s step) string {
 		FirstSequence: s.firstSeq,
 		Variables:     s.vars,
 		CancelGrace:   stepspec.Duration(s.grace),
+		LogLevels:     !s.noLevels,
 	}
 	if spec.Syntax == "" {
 		spec.Syntax = stepspec.SyntaxBash

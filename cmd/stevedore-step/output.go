@@ -26,7 +26,8 @@ const (
 	// so that a large sensitive value (a certificate, say) is not cut into
 	// pieces and written to the log, but still bounded.
 	maxServiceLine = 1 << 20
-	// maxMessage bounds a progress or failStep message (Result.Message).
+	// maxMessage bounds a progress, failStep or resultMessage message
+	// (Result.Message, Result.ResultMessage).
 	maxMessage = 8 << 10
 )
 
@@ -40,13 +41,16 @@ type output struct {
 	w       *steplog.Writer
 	masks   masker
 	stepKey []byte    // seals sensitive output variables; may be empty
+	levels  bool      // the agent reads levels (stepspec.Spec.LogLevels)
 	workDir string    // relative artifact paths are relative to it
 	now     time.Time // the time of the records being written
 
-	failMessage string // the last failStep's message
-	failed      bool   // a failStep was seen
-	err         error  // the first error writing output.log; later records are dropped
-	closed      bool   // finish was called: nothing more is written
+	failMessage   string // the last failStep's message
+	failed        bool   // a failStep was seen
+	resultMessage string // the last resultMessage's message
+	hasResult     bool   // a resultMessage was seen
+	err           error  // the first error writing output.log; later records are dropped
+	closed        bool   // finish was called: nothing more is written
 
 	// limit bounds the bytes of the script's output kept in output.log
 	// (stepspec.Spec.LogLimit); 0: no bound. Past it the output is
@@ -62,7 +66,7 @@ func newOutput(w io.Writer, firstSeq uint64, limit int64) *output {
 
 // script writes a record of the script's own output, within the log
 // limit. The caller holds o.mu.
-func (o *output) script(kind steplog.Kind, partial bool, data []byte) {
+func (o *output) script(kind steplog.Kind, level steplog.Level, partial bool, data []byte) {
 	if o.limit > 0 {
 		if o.cut || o.kept+int64(len(data)) > o.limit {
 			if !o.cut {
@@ -75,19 +79,19 @@ func (o *output) script(kind steplog.Kind, partial bool, data []byte) {
 		}
 		o.kept += int64(len(data))
 	}
-	o.append(kind, partial, data)
+	o.append(kind, level, partial, data)
 }
 
 // append writes one stdout or stderr record (masked) or an event. The caller
 // holds o.mu.
-func (o *output) append(kind steplog.Kind, partial bool, data []byte) {
+func (o *output) append(kind steplog.Kind, level steplog.Level, partial bool, data []byte) {
 	if o.err != nil || o.closed {
 		return
 	}
 	if kind != steplog.KindEvent {
 		data = o.masks.apply(data)
 	}
-	if _, err := o.w.Append(kind, partial, o.now, data); err != nil {
+	if _, err := o.w.AppendLevel(kind, level, partial, o.now, data); err != nil {
 		o.err = err
 	}
 }
@@ -114,7 +118,7 @@ func (o *output) runnerLine(format string, args ...any) {
 }
 
 func (o *output) runnerLineLocked(format string, args ...any) {
-	o.append(steplog.KindStderr, false, []byte("stevedore-step: "+fmt.Sprintf(format, args...)))
+	o.append(steplog.KindStderr, steplog.LevelDefault, false, []byte("stevedore-step: "+fmt.Sprintf(format, args...)))
 }
 
 // event records what a service message asked for. The caller holds o.mu.
@@ -140,6 +144,9 @@ func (o *output) event(ev steplog.Event) {
 	case evFailStep:
 		ev.Message = truncate(o.masks.applyString(ev.Message), maxMessage)
 		o.failMessage, o.failed = ev.Message, true
+	case evResultMessage:
+		ev.Message = truncate(o.masks.applyString(ev.Message), maxMessage)
+		o.resultMessage, o.hasResult = ev.Message, true
 	}
 	data, err := json.Marshal(ev)
 	if err != nil { // cannot happen: the event holds strings and numbers
@@ -160,7 +167,7 @@ func (o *output) event(ev steplog.Event) {
 		o.droppedRecs++
 		return
 	}
-	o.append(steplog.KindEvent, false, data)
+	o.append(steplog.KindEvent, steplog.LevelDefault, false, data)
 }
 
 // setVariable seals a sensitive value (and masks it from now on), and
@@ -223,6 +230,9 @@ type stream struct {
 	pending []byte
 	// cont: pending continues a line already cut into Partial records.
 	cont bool
+	// level is the level of the lines read now, set by the level switches
+	// on stdout; stderr's stays LevelDefault.
+	level steplog.Level
 }
 
 // chunk logs a chunk read from the pipe, and flushes: a reader of
@@ -273,7 +283,7 @@ func (s *stream) add(b []byte) {
 		limit := steplog.MaxData
 		if len(s.pending) >= steplog.MaxData {
 			if len(s.pending) >= maxServiceLine || !s.mayBeService(s.pending) {
-				s.o.script(s.kind, true, s.pending)
+				s.o.script(s.kind, s.level, true, s.pending)
 				s.pending, s.cont = s.pending[:0], true
 				continue
 			}
@@ -291,7 +301,7 @@ func (s *stream) end() {
 	if len(s.pending) > 0 {
 		// The end of the output ends a service message as well as a '\n'.
 		if !s.service(s.pending, s.cont) {
-			s.o.script(s.kind, true, s.pending)
+			s.o.script(s.kind, s.level, true, s.pending)
 		}
 	}
 	s.pending, s.cont = nil, false
@@ -300,7 +310,7 @@ func (s *stream) end() {
 // line handles one complete line, without its '\n'.
 func (s *stream) line(data []byte, cont bool) {
 	if !s.service(data, cont) {
-		s.o.script(s.kind, false, data)
+		s.o.script(s.kind, s.level, false, data)
 	}
 }
 
@@ -310,17 +320,29 @@ func (s *stream) mayBeService(data []byte) bool {
 
 // service handles a stdout line that ends with a service message, and
 // reports whether it did. Text before the message (output that did not end
-// with a newline before a helper was called) is kept as a Partial record.
+// with a newline before a helper was called) is kept as a Partial record,
+// at the level it was written with; a level switch takes effect after it.
 func (s *stream) service(data []byte, cont bool) bool {
 	if s.kind != steplog.KindStdout || cont {
 		return false
 	}
 	for i := indexServicePrefix(data); i >= 0; {
-		if ev, ok := parseServiceMessage(data[i:]); ok {
+		ev, ok := parseServiceMessage(data[i:])
+		level, isSwitch := levelSwitches[ev.Type]
+		if ok && isSwitch && !s.o.levels {
+			// The agent would take a level for corruption: the switch
+			// stays a line, as before levels existed.
+			ok = false
+		}
+		if ok {
 			if i > 0 {
-				s.o.script(s.kind, true, data[:i])
+				s.o.script(s.kind, s.level, true, data[:i])
 			}
-			s.o.event(ev)
+			if isSwitch {
+				s.level = level
+			} else {
+				s.o.event(ev)
+			}
 			return true
 		}
 		next := indexServicePrefix(data[i+2:])

@@ -93,6 +93,7 @@ func (r *runner) run(stdin io.Reader) int {
 	r.res.StartedAt = time.Now()
 	specErr := stepspec.ReadJSON(filepath.Join(r.stepDir, stepspec.SpecFile), &r.spec)
 	r.out = newOutput(r.logFile, r.spec.FirstSequence, r.spec.LogLimit)
+	r.out.levels = r.spec.LogLevels
 	r.out.workDir = r.workDir
 	if specErr != nil {
 		return r.fail(exitRunnerError, "read the step's spec: %v", specErr)
@@ -370,8 +371,18 @@ func (r *runner) start(path string, args, env []string, memfd, params *os.File) 
 		r.res.ExitCode = state.ExitCode()
 	}
 	r.out.mu.Lock()
-	if r.out.failed {
+	// failStep's message wins over resultMessage's: it is the reason the
+	// script gave for failing, the more specific of the two. Message holds
+	// either, so that an agent that knows no ResultMessage shows it on a
+	// failure; ResultMessage alone is the reason of a script that succeeded.
+	switch {
+	case r.out.failed:
 		r.res.Message = r.out.failMessage
+	case r.out.hasResult:
+		r.res.Message = r.out.resultMessage
+	}
+	if r.out.hasResult {
+		r.res.ResultMessage = r.out.resultMessage
 	}
 	r.out.mu.Unlock()
 	if g.cancelled() != nil && r.res.Message == "" {

@@ -263,9 +263,9 @@ sys.exit(3)
 		}},
 		{name: "malformed service messages stay lines", step: step{script: `echo "##stevedore[setVariable name='!!!']"
 echo "##stevedore[launchRockets]"
-echo "##octopus[stdout-verbose]"
+echo "##octopus[stdout-loud]"
 `}, check: func(t *testing.T, d done) {
-			wantLines(t, d.lines(stdout), "##stevedore[setVariable name='!!!']", "##stevedore[launchRockets]", "##octopus[stdout-verbose]")
+			wantLines(t, d.lines(stdout), "##stevedore[setVariable name='!!!']", "##stevedore[launchRockets]", "##octopus[stdout-loud]")
 			if len(d.events(t)) != 0 {
 				t.Fatal("events")
 			}

@@ -20,6 +20,12 @@ import (
 // Every value is the standard base64 of UTF-8 text, so that any value (quotes,
 // newlines, brackets) fits on one line. "##octopus[...]" is the same, so that
 // scripts written for Octopus Deploy work unchanged.
+//
+// Octopus's log level switches, "##octopus[stdout-warning]" and the like,
+// take no attributes: they set the level of the stdout lines that follow,
+// until the next switch ("stdout-default" returns to the ordinary level) or
+// the script's end. They are not recorded themselves: the level travels on
+// each line. As in Octopus, they leave stderr alone.
 
 // Event types (steplog.Event.Type).
 const (
@@ -28,10 +34,21 @@ const (
 	evMask           = "mask"
 	evProgress       = "progress"
 	evFailStep       = "failStep"
-	// evResultMessage is Octopus's name for the message its fail_step
-	// sends; it is recorded as a failStep event.
+	// evResultMessage is Octopus's: the reason the step's result reads
+	// with. Octopus's fail_step sends it, then exits non-zero.
 	evResultMessage = "resultMessage"
 )
+
+// levelSwitches are the service messages that set the level of the stdout
+// lines that follow.
+var levelSwitches = map[string]steplog.Level{
+	"stdout-default":   steplog.LevelDefault,
+	"stdout-verbose":   steplog.LevelVerbose,
+	"stdout-highlight": steplog.LevelHighlight,
+	"stdout-wait":      steplog.LevelWait,
+	"stdout-warning":   steplog.LevelWarning,
+	"stdout-error":     steplog.LevelError,
+}
 
 var servicePrefixes = [][]byte{[]byte("##stevedore["), []byte("##octopus[")}
 
@@ -150,8 +167,12 @@ func eventOf(typ string, attrs map[string]string) (steplog.Event, bool) {
 		}
 		ev.Percentage, ev.Message = p, attrs["message"]
 	case evFailStep, evResultMessage:
-		ev.Type, ev.Message = evFailStep, attrs["message"]
+		ev.Message = attrs["message"]
 	default:
+		if _, ok := levelSwitches[typ]; ok {
+			// Its attributes, if any, mean nothing (Octopus sends none).
+			return ev, true
+		}
 		return steplog.Event{}, false
 	}
 	return ev, true

@@ -39,6 +39,8 @@ type runOptions struct {
 	vars, sensitive                         []string
 	timeout                                 time.Duration
 	syntax, resultFile, script, scriptFile  string
+	// verbose shows the step's verbose lines too.
+	verbose bool
 	// Through a server (--server) instead of an agent.
 	server, pool, worker, user, password, serverThumbprint string
 	// token is an API key, sent as a bearer token instead of user and password.
@@ -58,7 +60,9 @@ func newRunCommand() *cobra.Command {
 --agent-thumbprint), streams the step's stdout to stdout and its stderr and the
 agent's own lines to stderr, writes a JSON result to --result, downloads the
 artifacts beside it, and exits with the step's exit code, or 125 when the step
-could not run.
+could not run. Lines the script set to a level (Octopus's stdout-warning and
+the like): verbose ones only with --verbose, highlighted ones in bold on a
+terminal, warnings and errors to stderr marked "warning: " and "error: ".
 
 With --server URL (a stevedore server's HTTP API) and --pool or --worker, the
 step is submitted to the server instead, which queues it and runs it on a
@@ -84,6 +88,7 @@ A token, when given, is used instead of the username and password.`,
 	f.StringVar(&o.resultFile, "result", "", "write the JSON result here; artifacts go beside it")
 	f.StringVar(&o.script, "script", "", "the script")
 	f.StringVar(&o.scriptFile, "script-file", "", "read the script from this file")
+	f.BoolVar(&o.verbose, "verbose", false, "show the step's verbose lines too")
 	f.StringVar(&o.server, "server", "", "submit through this server's HTTP API (http://host:8080) instead")
 	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "with an https --server: pin the server's certificate thumbprint instead of trusting the system's CAs")
 	f.StringVar(&o.pool, "pool", "", "with --server: run on a worker of this pool")
@@ -133,8 +138,9 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	defer stderr.Flush()
 	intr := newInterrupter(cmd.ErrOrStderr())
 	defer intr.stop()
+	lp := newLinePrinter(stdout, stderr, cmd.OutOrStdout(), cmd.ErrOrStderr(), o.verbose)
 	if o.server != "" {
-		return runViaServer(ctx, o, req, stdout, stderr, intr)
+		return runViaServer(ctx, o, req, lp, intr)
 	}
 	if o.agentThumbprint == "" {
 		return errors.New("--agent-thumbprint is required (or --server to go through a server)")
@@ -158,7 +164,7 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 	})
 	after := uint64(0)
 	for {
-		after = printLines(st.GetLines(), after, stdout, stderr)
+		after = lp.print(st.GetLines(), after)
 		stdout.Flush()
 		stderr.Flush()
 		if st.GetState() == pb.StepState_STEP_STATE_COMPLETE && after+1 >= st.GetNextSequence() {
@@ -200,7 +206,7 @@ func runStep(cmd *cobra.Command, o *runOptions) error {
 			fmt.Fprintf(stderr, "stevedore: complete step %s: %v\n", req.Ticket, err)
 			break
 		}
-		after = printLines(done.GetLines(), after, stdout, stderr)
+		after = lp.print(done.GetLines(), after)
 		if len(done.GetLines()) == 0 || after+1 >= done.GetNextSequence() {
 			break
 		}
@@ -253,35 +259,6 @@ func stepExitCode(st *pb.StepStatus) int {
 
 func outcomeName(o pb.Outcome) string {
 	return strings.TrimPrefix(o.String(), "OUTCOME_")
-}
-
-// printLines writes the lines after `after` and returns the last sequence.
-// Both writers are buffered; the one not written to is flushed at each
-// switch, so a terminal shows stdout and stderr in the step's own order.
-func printLines(lines []*pb.LogLine, after uint64, stdout, stderr *bufio.Writer) uint64 {
-	var last *bufio.Writer
-	for _, l := range lines {
-		if l.GetSequence() <= after {
-			continue
-		}
-		after = l.GetSequence()
-		w := stdout
-		if l.GetSource() != pb.LogSource_LOG_SOURCE_STDOUT {
-			w = stderr
-		}
-		if last != nil && last != w {
-			last.Flush()
-		}
-		last = w
-		if l.GetSource() == pb.LogSource_LOG_SOURCE_AGENT {
-			w.WriteString("stevedore: ")
-		}
-		w.Write(l.GetText())
-		if !l.GetPartial() {
-			w.WriteByte('\n')
-		}
-	}
-	return after
 }
 
 // retry calls f until it succeeds, fails for a reason other than the agent

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -117,7 +116,8 @@ func retryAPI(ctx context.Context, f func() error) error {
 
 // runViaServer submits the step to the server's API, streams its log and
 // ends as direct mode does: same output, result file and exit codes.
-func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, stdout, stderr *bufio.Writer, intr *interrupter) error {
+func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, lp *linePrinter, intr *interrupter) error {
+	stdout, stderr := lp.stdout, lp.stderr
 	if (o.pool == "") == (o.worker == "") {
 		return exitCodeError{exitCannotRun, errors.New("--server needs exactly one of --pool and --worker")}
 	}
@@ -179,7 +179,7 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 			waiting = page.Step.WaitingFor
 			fmt.Fprintf(stderr, "stevedore: step %s waits: %s\n", v.ID, waiting)
 		}
-		after = printLines(logLines(page.Lines), after, stdout, stderr)
+		after = lp.print(logLines(page.Lines), after)
 		stdout.Flush()
 		stderr.Flush()
 		if page.Step.State == server.StateComplete && len(page.Lines) == 0 {
@@ -223,7 +223,8 @@ func apiHTTPClient(thumbprint string) (*http.Client, error) {
 	return hc, nil
 }
 
-// logLines turns task log entries back into the wire's lines for printLines.
+// logLines turns task log entries back into the wire's lines for the
+// linePrinter.
 func logLines(entries []server.LogEntry) []*pb.LogLine {
 	out := make([]*pb.LogLine, 0, len(entries))
 	for _, e := range entries {
@@ -234,7 +235,7 @@ func logLines(entries []server.LogEntry) []*pb.LogLine {
 		case "stderr":
 			src = pb.LogSource_LOG_SOURCE_STDERR
 		}
-		out = append(out, &pb.LogLine{Sequence: e.Sequence, Source: src, Time: timestamppb.New(e.Time), Text: e.Content(), Partial: e.Partial})
+		out = append(out, &pb.LogLine{Sequence: e.Sequence, Source: src, Time: timestamppb.New(e.Time), Text: e.Content(), Partial: e.Partial, Level: e.LogLevel()})
 	}
 	return out
 }

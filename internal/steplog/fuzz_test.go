@@ -47,7 +47,7 @@ func readAll(t *testing.T, r *Reader) ([]Record, error) {
 			}
 			return recs, err
 		}
-		if !rec.Kind.valid() || len(rec.Data) > MaxData {
+		if !rec.Kind.valid() || !rec.Level.valid() || (rec.Kind == KindEvent && rec.Level != LevelDefault) || len(rec.Data) > MaxData {
 			t.Fatalf("record %+v: kind %d, %d bytes", rec.Seq, rec.Kind, len(rec.Data))
 		}
 		if got := r.Offset() - before; got != int64(headerSize+len(rec.Data)) {
@@ -65,7 +65,7 @@ func sameRecords(a, b []Record) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].Seq != b[i].Seq || a[i].Kind != b[i].Kind || a[i].Partial != b[i].Partial ||
+		if a[i].Seq != b[i].Seq || a[i].Kind != b[i].Kind || a[i].Partial != b[i].Partial || a[i].Level != b[i].Level ||
 			!a[i].Time.Equal(b[i].Time) || !bytes.Equal(a[i].Data, b[i].Data) {
 			return false
 		}
@@ -85,14 +85,19 @@ func FuzzReader(f *testing.F) {
 	w.Append(KindStderr, true, time.Unix(0, 2), nil)
 	w.Append(KindEvent, false, time.Unix(0, 3), []byte(`{"type":"mask"}`))
 	w.Append(KindStdout, false, time.Unix(0, 4), bytes.Repeat([]byte{0, 0xff, '\n'}, 100))
+	w.AppendLevel(KindStdout, LevelWarning, false, time.Unix(0, 5), []byte("careful"))
+	w.AppendLevel(KindStderr, LevelVerbose, true, time.Unix(0, 6), []byte("detail"))
 	w.Flush()
 	corrupt := bytes.Clone(good.Bytes())
 	corrupt[headerSize+5+4] = 9 // the second record's kind
+	eventLevel := bytes.Clone(good.Bytes())
+	eventLevel[2*headerSize+5+5] = byte(LevelWarning) << levelShift // the event's flags
 	huge := make([]byte, headerSize)
 	binary.LittleEndian.PutUint32(huge, 0xffffffff)
 	f.Add(good.Bytes(), uint32(10))
 	f.Add(good.Bytes()[:len(good.Bytes())-3], uint32(headerSize))
 	f.Add(corrupt, uint32(0))
+	f.Add(eventLevel, uint32(headerSize+5))
 	f.Add(huge, uint32(1))
 	f.Add([]byte{}, uint32(0))
 	f.Add(make([]byte, 64), uint32(7))
@@ -129,7 +134,8 @@ func FuzzReader(f *testing.F) {
 }
 
 // FuzzWriteRead writes arbitrary lines and reads them back: long lines come
-// back as Partial pieces that join to the original bytes.
+// back as Partial pieces that join to the original bytes, each piece with
+// its line's level.
 func FuzzWriteRead(f *testing.F) {
 	f.Add([]byte("a\nb\n\nc"), uint16(3), byte(0))
 	f.Add([]byte{0, 0xc3, '\n', 0xff}, uint16(30000), byte(3))
@@ -142,9 +148,10 @@ func FuzzWriteRead(f *testing.F) {
 		want := bytes.Join(lines, []byte("\n"))
 		var buf bytes.Buffer
 		w := NewWriter(&buf, 7)
+		levelOf := func(line int) Level { return Level((int(kinds)/2 + line) % int(LevelError+1)) }
 		for i, l := range lines {
 			kind := Kind(1 + (int(kinds)+i)%2)
-			if _, err := w.Append(kind, i == last, time.Unix(0, int64(i)), l); err != nil {
+			if _, err := w.AppendLevel(kind, levelOf(i), i == last, time.Unix(0, int64(i)), l); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -159,10 +166,15 @@ func FuzzWriteRead(f *testing.F) {
 			t.Fatalf("%d records, the writer's last sequence %d", len(recs), w.LastSeq())
 		}
 		var joined []byte
+		line := 0
 		for _, r := range recs {
+			if r.Level != levelOf(line) {
+				t.Fatalf("record %d of line %d: level %s, wrote %s", r.Seq, line, r.Level, levelOf(line))
+			}
 			joined = append(joined, r.Data...)
 			if !r.Partial {
 				joined = append(joined, '\n')
+				line++
 			}
 		}
 		if !recs[len(recs)-1].Partial {

@@ -45,6 +45,7 @@ func (r *Reader) Next() (Record, error) {
 	length := binary.LittleEndian.Uint32(hdr[0:4])
 	kind := Kind(hdr[4])
 	flags := hdr[5]
+	level := Level(flags & levelMask >> levelShift)
 	seq := binary.LittleEndian.Uint64(hdr[6:14])
 	nanos := int64(binary.LittleEndian.Uint64(hdr[14:22]))
 	switch {
@@ -54,6 +55,8 @@ func (r *Reader) Next() (Record, error) {
 		return Record{}, r.corrupt("kind %d", kind)
 	case flags&^knownFlags != 0:
 		return Record{}, r.corrupt("flags %#x", flags)
+	case !level.valid() || (kind == KindEvent && level != LevelDefault):
+		return Record{}, r.corrupt("level %d of a kind %d record", level, kind)
 	case r.haveSeq && seq != r.lastSeq+1:
 		return Record{}, r.corrupt("sequence %d after %d", seq, r.lastSeq)
 	}
@@ -67,6 +70,7 @@ func (r *Reader) Next() (Record, error) {
 		Kind:    kind,
 		Time:    time.Unix(0, nanos),
 		Partial: flags&flagPart != 0,
+		Level:   level,
 	}
 	if n := total - headerSize; n > 0 {
 		// The one allocation per record: the caller owns Data.

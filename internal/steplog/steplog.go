@@ -7,7 +7,8 @@
 //
 //	u32 length of the rest of the record (header below + data)
 //	u8  kind (KindStdout, KindStderr, KindEvent)
-//	u8  flags (bit 0: Partial)
+//	u8  flags (bit 0: Partial; bits 1-3: the Level of a stdout or stderr
+//	    record, 0 for LevelDefault; the other bits are 0)
 //	u64 sequence
 //	i64 time, Unix nanoseconds
 //	    data (length-18 bytes, at most MaxData)
@@ -21,6 +22,7 @@ package steplog
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -41,6 +43,46 @@ const (
 // valid reports whether k is one of the kinds this package knows.
 func (k Kind) valid() bool { return k >= KindStdout && k <= KindEvent }
 
+// Level is how a line is meant to be read, as a script sets it with the
+// "stdout-verbose" ... "stdout-default" service messages (Octopus's log
+// levels). It is independent of the source: a stderr line is a stderr line
+// whatever its level.
+type Level uint8
+
+// Levels. The numbers are the file format (and equal the wire contract's
+// LogLevel), so they never change; LevelDefault, 0, is what every record
+// written before levels existed has.
+const (
+	LevelDefault   Level = 0 // information: an ordinary line
+	LevelVerbose   Level = 1 // detail a reader shows only when asked
+	LevelHighlight Level = 2 // an important line, to stand out
+	LevelWait      Level = 3 // the step waits for something
+	LevelWarning   Level = 4
+	LevelError     Level = 5
+)
+
+// valid reports whether l is one of the levels this package knows.
+func (l Level) valid() bool { return l <= LevelError }
+
+// String is the level's lowercase name, as the logs and the API spell it.
+func (l Level) String() string {
+	switch l {
+	case LevelDefault:
+		return "default"
+	case LevelVerbose:
+		return "verbose"
+	case LevelHighlight:
+		return "highlight"
+	case LevelWait:
+		return "wait"
+	case LevelWarning:
+		return "warning"
+	case LevelError:
+		return "error"
+	}
+	return fmt.Sprintf("level(%d)", uint8(l))
+}
+
 // Record is one entry of output.log.
 type Record struct {
 	// Seq is assigned by the Writer: firstSeq, firstSeq+1, ... without gaps.
@@ -51,6 +93,9 @@ type Record struct {
 	// pieces (every piece but the last), or output that ended without a
 	// newline.
 	Partial bool
+	// Level is a stdout or stderr record's level; an event's is always
+	// LevelDefault.
+	Level Level
 	// Data is the line's text without its '\n' (stdout/stderr), or the JSON
 	// of an Event (KindEvent). It is owned by the caller: the Reader never
 	// reuses it. An empty line may have a nil Data.
@@ -60,7 +105,8 @@ type Record struct {
 // Event is the JSON in a KindEvent record, the result of a service message.
 // A "mask" event records only that a mask was added, never the value.
 type Event struct {
-	// Type is "setVariable", "createArtifact", "progress", "failStep" or "mask".
+	// Type is "setVariable", "createArtifact", "progress", "failStep",
+	// "resultMessage" or "mask".
 	Type string `json:"type"`
 	Name string `json:"name,omitempty"`
 	// Value is a setVariable's value; when Sensitive, SealValue(stepKey, value).
@@ -90,7 +136,9 @@ const (
 	maxRest    = restHeader + MaxData         // the largest valid length
 	maxRecord  = lenSize + maxRest            // the largest record on disk
 	flagPart   = 1 << 0                       // Partial
-	knownFlags = flagPart                     // any other bit is corruption
+	levelShift = 1                            // the Level lives in bits 1-3:
+	levelMask  = 0x7 << levelShift            // room for two more levels
+	knownFlags = flagPart | levelMask         // any other bit is corruption
 	bufferSize = 256 << 10                    // Writer and Reader buffers
 	_          = uint(bufferSize - maxRecord) // a buffer holds any record
 	_          = uint(1<<32 - 1 - maxRest)    // the length fits in a u32

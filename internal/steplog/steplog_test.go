@@ -107,6 +107,79 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestLevelRoundTrip: every level comes back on stdout and stderr records,
+// with Partial and on every piece of a long line, and beside records
+// written by Append (LevelDefault), as an old runner writes them.
+func TestLevelRoundTrip(t *testing.T) {
+	type in struct {
+		kind    Kind
+		level   Level
+		partial bool
+		data    []byte
+	}
+	long := bytes.Repeat([]byte("w"), MaxData+10)
+	var ins []in
+	for _, l := range []Level{LevelDefault, LevelVerbose, LevelHighlight, LevelWait, LevelWarning, LevelError} {
+		ins = append(ins, in{KindStdout, l, false, []byte(l.String())}, in{KindStderr, l, true, []byte("e " + l.String())})
+	}
+	ins = append(ins, in{KindStdout, LevelWarning, false, long}, in{KindEvent, LevelDefault, false, []byte(`{"type":"mask"}`)})
+	var buf bytes.Buffer
+	w := NewWriter(&buf, 1)
+	for _, x := range ins {
+		if _, err := w.AppendLevel(x.kind, x.level, x.partial, time.Unix(1, 0), x.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Append(KindStdout, false, time.Unix(2, 0), []byte("plain"))
+	w.Flush()
+	recs, err := readAll(t, NewReader(bytes.NewReader(buf.Bytes()), 0))
+	if !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	var want []Record
+	for _, x := range ins {
+		if len(x.data) > MaxData {
+			want = append(want, Record{Kind: x.kind, Level: x.level, Partial: true, Data: x.data[:MaxData]})
+			x.data = x.data[MaxData:]
+		}
+		want = append(want, Record{Kind: x.kind, Level: x.level, Partial: x.partial, Data: x.data})
+	}
+	want = append(want, Record{Kind: KindStdout, Data: []byte("plain")})
+	if len(recs) != len(want) {
+		t.Fatalf("%d records, want %d", len(recs), len(want))
+	}
+	for i, r := range recs {
+		if r.Kind != want[i].Kind || r.Level != want[i].Level || r.Partial != want[i].Partial || !bytes.Equal(r.Data, want[i].Data) {
+			t.Errorf("record %d: kind %d level %s partial %v %q; want kind %d level %s partial %v", i, r.Kind, r.Level, r.Partial, r.Data[:min(len(r.Data), 20)], want[i].Kind, want[i].Level, want[i].Partial)
+		}
+	}
+}
+
+func TestAppendLevelRefused(t *testing.T) {
+	tests := []struct {
+		name  string
+		kind  Kind
+		level Level
+	}{
+		{"unknown level", KindStdout, LevelError + 1},
+		{"largest level bits", KindStderr, 7},
+		{"event with a level", KindEvent, LevelWarning},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			w := NewWriter(&buf, 1)
+			if _, err := w.AppendLevel(tt.kind, tt.level, false, time.Now(), []byte("x")); err == nil {
+				t.Fatal("no error")
+			}
+			// A refused record writes nothing and breaks nothing.
+			if _, err := w.Append(KindStdout, false, time.Now(), []byte("y")); err != nil || w.LastSeq() != 1 {
+				t.Fatalf("after a refused record: %v, last sequence %d", err, w.LastSeq())
+			}
+		})
+	}
+}
+
 func TestTimeRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewWriter(&buf, 1)
@@ -291,6 +364,9 @@ func TestCorrupt(t *testing.T) {
 		{"zero kind", header(restHeader, 0, 0, 1), 0, 0},
 		{"unknown kind", header(restHeader, 9, 0, 1), 0, 0},
 		{"unknown flag", header(restHeader, 1, 0x80, 1), 0, 0},
+		{"unknown level", header(restHeader, 1, 6<<levelShift, 1), 0, 0},
+		{"highest level bits", header(restHeader, 2, levelMask|flagPart, 1), 0, 0},
+		{"event with a level", header(restHeader, 3, byte(LevelWarning)<<levelShift, 1), 0, 0},
 		{"zeros after a record", append(bytes.Clone(good.Bytes()[:recLen]), make([]byte, 64)...), 1, int64(recLen)},
 		{"sequence gap", append(bytes.Clone(good.Bytes()[:recLen]), header(restHeader, 1, 0, 3)...), 1, int64(recLen)},
 	}
@@ -460,5 +536,26 @@ func BenchmarkRead(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+}
+
+// The fuzz seed that sets a level on an event is refused at that event.
+func TestEventWithLevelSeed(t *testing.T) {
+	var good bytes.Buffer
+	w := NewWriter(&good, 1)
+	w.Append(KindStdout, false, time.Unix(0, 1), []byte("hello"))
+	w.Append(KindStderr, true, time.Unix(0, 2), nil)
+	w.Append(KindEvent, false, time.Unix(0, 3), []byte(`{"type":"mask"}`))
+	w.Flush()
+	b := good.Bytes()
+	if Kind(b[2*headerSize+5+4]) != KindEvent {
+		t.Fatal("the third record is not where the seed expects")
+	}
+	b[2*headerSize+5+5] = byte(LevelWarning) << levelShift
+	r := NewReader(bytes.NewReader(b), 0)
+	r.Next()
+	r.Next()
+	if _, err := r.Next(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("an event with a level: %v, want ErrCorrupt", err)
 	}
 }

@@ -39,11 +39,21 @@ func NewWriter(w io.Writer, firstSeq uint64) *Writer {
 // is stored as Unix nanoseconds, so it must lie between the years 1678 and
 // 2262 (the zero time.Time does not).
 func (w *Writer) Append(kind Kind, partial bool, t time.Time, data []byte) (seq uint64, err error) {
+	return w.AppendLevel(kind, LevelDefault, partial, t, data)
+}
+
+// AppendLevel is Append with a level, which every piece of the line
+// carries. Only stdout and stderr records have one: an event's level must
+// be LevelDefault.
+func (w *Writer) AppendLevel(kind Kind, level Level, partial bool, t time.Time, data []byte) (seq uint64, err error) {
 	if w.err != nil {
 		return 0, w.err
 	}
 	if !kind.valid() {
 		return 0, fmt.Errorf("steplog: append: invalid kind %d", kind)
+	}
+	if !level.valid() || (kind == KindEvent && level != LevelDefault) {
+		return 0, fmt.Errorf("steplog: append: invalid level %d for kind %d", level, kind)
 	}
 	nanos := t.UnixNano()
 	for {
@@ -51,7 +61,7 @@ func (w *Writer) Append(kind Kind, partial bool, t time.Time, data []byte) (seq 
 		if len(piece) > MaxData {
 			piece, last = data[:MaxData], false
 		}
-		flags := byte(0)
+		flags := byte(level) << levelShift
 		if partial || !last {
 			flags |= flagPart
 		}

@@ -57,6 +57,11 @@ type Spec struct {
 	// LogLimit bounds the bytes of the script's output kept in output.log,
 	// so that a runaway step cannot fill the worker's disk; 0: no bound.
 	LogLimit int64 `json:"log_limit,omitempty"`
+	// LogLevels: the agent reads output.log records with a level, so the
+	// runner honours the level switches (stdout-warning and the like).
+	// Without it (an older agent, whose reader would take the level bits
+	// for corruption) the runner writes none and the switches stay lines.
+	LogLevels bool `json:"log_levels,omitempty"`
 }
 
 // Variable is a name and value given to the script.
@@ -83,9 +88,12 @@ type Result struct {
 	ExitCode int `json:"exit_code"`
 	// Signal names the signal that ended the script ("SIGTERM"), if any.
 	Signal string `json:"signal,omitempty"`
-	// Message is the script's own reason (fail_step), or the runner's when it
-	// could not run the script at all.
+	// Message is the script's own reason (fail_step, else resultMessage),
+	// or the runner's when it could not run the script at all.
 	Message string `json:"message,omitempty"`
+	// ResultMessage is the script's last resultMessage (Octopus's service
+	// message): the reason its result reads with, also when it succeeded.
+	ResultMessage string `json:"result_message,omitempty"`
 	// RunnerError is true when the runner failed, not the script: bad spec,
 	// secrets not delivered, an interpreter missing.
 	RunnerError bool `json:"runner_error,omitempty"`

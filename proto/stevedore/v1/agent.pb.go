@@ -317,6 +317,74 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_proto_stevedore_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
+// A line's level. The numbers equal output.log's (internal/steplog), so
+// they never change.
+type LogLevel int32
+
+const (
+	// The ordinary level (Octopus's "info"): every line before levels
+	// existed, and every STDERR and AGENT line.
+	LogLevel_LOG_LEVEL_UNSPECIFIED LogLevel = 0
+	// Detail, shown only when asked for (stdout-verbose).
+	LogLevel_LOG_LEVEL_VERBOSE LogLevel = 1
+	// An important line, to stand out (stdout-highlight).
+	LogLevel_LOG_LEVEL_HIGHLIGHT LogLevel = 2
+	// The step waits for something (stdout-wait).
+	LogLevel_LOG_LEVEL_WAIT LogLevel = 3
+	// stdout-warning.
+	LogLevel_LOG_LEVEL_WARNING LogLevel = 4
+	// stdout-error: a stdout line meant as an error. It does not fail the
+	// step; only the exit code and failStep do.
+	LogLevel_LOG_LEVEL_ERROR LogLevel = 5
+)
+
+// Enum value maps for LogLevel.
+var (
+	LogLevel_name = map[int32]string{
+		0: "LOG_LEVEL_UNSPECIFIED",
+		1: "LOG_LEVEL_VERBOSE",
+		2: "LOG_LEVEL_HIGHLIGHT",
+		3: "LOG_LEVEL_WAIT",
+		4: "LOG_LEVEL_WARNING",
+		5: "LOG_LEVEL_ERROR",
+	}
+	LogLevel_value = map[string]int32{
+		"LOG_LEVEL_UNSPECIFIED": 0,
+		"LOG_LEVEL_VERBOSE":     1,
+		"LOG_LEVEL_HIGHLIGHT":   2,
+		"LOG_LEVEL_WAIT":        3,
+		"LOG_LEVEL_WARNING":     4,
+		"LOG_LEVEL_ERROR":       5,
+	}
+)
+
+func (x LogLevel) Enum() *LogLevel {
+	p := new(LogLevel)
+	*p = x
+	return p
+}
+
+func (x LogLevel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogLevel) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_stevedore_v1_agent_proto_enumTypes[5].Descriptor()
+}
+
+func (LogLevel) Type() protoreflect.EnumType {
+	return &file_proto_stevedore_v1_agent_proto_enumTypes[5]
+}
+
+func (x LogLevel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogLevel.Descriptor instead.
+func (LogLevel) EnumDescriptor() ([]byte, []int) {
+	return file_proto_stevedore_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
 type LogSource int32
 
 const (
@@ -354,11 +422,11 @@ func (x LogSource) String() string {
 }
 
 func (LogSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_proto_stevedore_v1_agent_proto_enumTypes[5].Descriptor()
+	return file_proto_stevedore_v1_agent_proto_enumTypes[6].Descriptor()
 }
 
 func (LogSource) Type() protoreflect.EnumType {
-	return &file_proto_stevedore_v1_agent_proto_enumTypes[5]
+	return &file_proto_stevedore_v1_agent_proto_enumTypes[6]
 }
 
 func (x LogSource) Number() protoreflect.EnumNumber {
@@ -367,7 +435,7 @@ func (x LogSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogSource.Descriptor instead.
 func (LogSource) EnumDescriptor() ([]byte, []int) {
-	return file_proto_stevedore_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_proto_stevedore_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type GetCapabilitiesRequest struct {
@@ -1763,6 +1831,8 @@ type StepStatus struct {
 	Outcome Outcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=stevedore.v1.Outcome" json:"outcome,omitempty"`
 	// The exit record: the script's exit code when it has one, the signal that
 	// ended it, and why in words (the cancel, the timeout, the image rejected).
+	// The script's own reason, when the agent's is not the one: its failStep
+	// message, else its last resultMessage (Octopus's), on a success too.
 	ExitCode *int32 `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
 	Signal   string `protobuf:"bytes,5,opt,name=signal,proto3" json:"signal,omitempty"`
 	Reason   string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -1925,7 +1995,13 @@ type LogLine struct {
 	Text []byte `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
 	// No newline ended this record: a long line cut into pieces (the next
 	// record of the same source continues it), or output that ended without one.
-	Partial       bool `protobuf:"varint,5,opt,name=partial,proto3" json:"partial,omitempty"`
+	Partial bool `protobuf:"varint,5,opt,name=partial,proto3" json:"partial,omitempty"`
+	// How the line is meant to be read, as the script set it with Octopus's
+	// "##octopus[stdout-warning]" ... "##octopus[stdout-default]" service
+	// messages. Only STDOUT lines have one; every piece of a partial line has
+	// its line's. A client that knows no levels still gets every line,
+	// verbose ones too: the agent never drops a line for its level.
+	Level         LogLevel `protobuf:"varint,6,opt,name=level,proto3,enum=stevedore.v1.LogLevel" json:"level,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1993,6 +2069,13 @@ func (x *LogLine) GetPartial() bool {
 		return x.Partial
 	}
 	return false
+}
+
+func (x *LogLine) GetLevel() LogLevel {
+	if x != nil {
+		return x.Level
+	}
+	return LogLevel_LOG_LEVEL_UNSPECIFIED
 }
 
 type OutputVariable struct {
@@ -2763,13 +2846,14 @@ const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"finishedAt\x12\x19\n" +
 	"\bimage_id\x18\x0e \x01(\tR\aimageIdB\f\n" +
 	"\n" +
-	"_exit_code\"\xb4\x01\n" +
+	"_exit_code\"\xe2\x01\n" +
 	"\aLogLine\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12/\n" +
 	"\x06source\x18\x02 \x01(\x0e2\x17.stevedore.v1.LogSourceR\x06source\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\fR\x04text\x12\x18\n" +
-	"\apartial\x18\x05 \x01(\bR\apartial\"X\n" +
+	"\apartial\x18\x05 \x01(\bR\apartial\x12,\n" +
+	"\x05level\x18\x06 \x01(\x0e2\x16.stevedore.v1.LogLevelR\x05level\"X\n" +
 	"\x0eOutputVariable\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1c\n" +
@@ -2850,7 +2934,14 @@ const file_proto_stevedore_v1_agent_proto_rawDesc = "" +
 	"\x13OUTCOME_PULL_FAILED\x10\x06\x12\x1d\n" +
 	"\x19OUTCOME_ISOLATION_TIMEOUT\x10\a\x12\x10\n" +
 	"\fOUTCOME_LOST\x10\b\x12\x17\n" +
-	"\x13OUTCOME_AGENT_ERROR\x10\t*k\n" +
+	"\x13OUTCOME_AGENT_ERROR\x10\t*\x95\x01\n" +
+	"\bLogLevel\x12\x19\n" +
+	"\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11LOG_LEVEL_VERBOSE\x10\x01\x12\x17\n" +
+	"\x13LOG_LEVEL_HIGHLIGHT\x10\x02\x12\x12\n" +
+	"\x0eLOG_LEVEL_WAIT\x10\x03\x12\x15\n" +
+	"\x11LOG_LEVEL_WARNING\x10\x04\x12\x13\n" +
+	"\x0fLOG_LEVEL_ERROR\x10\x05*k\n" +
 	"\tLogSource\x12\x1a\n" +
 	"\x16LOG_SOURCE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_SOURCE_STDOUT\x10\x01\x12\x15\n" +
@@ -2880,7 +2971,7 @@ func file_proto_stevedore_v1_agent_proto_rawDescGZIP() []byte {
 	return file_proto_stevedore_v1_agent_proto_rawDescData
 }
 
-var file_proto_stevedore_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_proto_stevedore_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
 var file_proto_stevedore_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_proto_stevedore_v1_agent_proto_goTypes = []any{
 	(Syntax)(0),                    // 0: stevedore.v1.Syntax
@@ -2888,99 +2979,101 @@ var file_proto_stevedore_v1_agent_proto_goTypes = []any{
 	(IsolationLevel)(0),            // 2: stevedore.v1.IsolationLevel
 	(StepState)(0),                 // 3: stevedore.v1.StepState
 	(Outcome)(0),                   // 4: stevedore.v1.Outcome
-	(LogSource)(0),                 // 5: stevedore.v1.LogSource
-	(*GetCapabilitiesRequest)(nil), // 6: stevedore.v1.GetCapabilitiesRequest
-	(*Capabilities)(nil),           // 7: stevedore.v1.Capabilities
-	(*DockerEngine)(nil),           // 8: stevedore.v1.DockerEngine
-	(*Bundle)(nil),                 // 9: stevedore.v1.Bundle
-	(*BundleRequirements)(nil),     // 10: stevedore.v1.BundleRequirements
-	(*CachedImage)(nil),            // 11: stevedore.v1.CachedImage
-	(*StartStepRequest)(nil),       // 12: stevedore.v1.StartStepRequest
-	(*Script)(nil),                 // 13: stevedore.v1.Script
-	(*Variable)(nil),               // 14: stevedore.v1.Variable
-	(*File)(nil),                   // 15: stevedore.v1.File
-	(*Execution)(nil),              // 16: stevedore.v1.Execution
-	(*HostExecution)(nil),          // 17: stevedore.v1.HostExecution
-	(*ContainerExecution)(nil),     // 18: stevedore.v1.ContainerExecution
-	(*RegistryCredentials)(nil),    // 19: stevedore.v1.RegistryCredentials
-	(*Isolation)(nil),              // 20: stevedore.v1.Isolation
-	(*ResourceLimits)(nil),         // 21: stevedore.v1.ResourceLimits
-	(*GetStatusRequest)(nil),       // 22: stevedore.v1.GetStatusRequest
-	(*CancelStepRequest)(nil),      // 23: stevedore.v1.CancelStepRequest
-	(*CompleteStepRequest)(nil),    // 24: stevedore.v1.CompleteStepRequest
-	(*StepStatus)(nil),             // 25: stevedore.v1.StepStatus
-	(*LogLine)(nil),                // 26: stevedore.v1.LogLine
-	(*OutputVariable)(nil),         // 27: stevedore.v1.OutputVariable
-	(*Artifact)(nil),               // 28: stevedore.v1.Artifact
-	(*PrePullRequest)(nil),         // 29: stevedore.v1.PrePullRequest
-	(*PrePullProgress)(nil),        // 30: stevedore.v1.PrePullProgress
-	(*UploadFileChunk)(nil),        // 31: stevedore.v1.UploadFileChunk
-	(*FileHeader)(nil),             // 32: stevedore.v1.FileHeader
-	(*UploadFileResponse)(nil),     // 33: stevedore.v1.UploadFileResponse
-	(*DownloadFileRequest)(nil),    // 34: stevedore.v1.DownloadFileRequest
-	(*DownloadFileChunk)(nil),      // 35: stevedore.v1.DownloadFileChunk
-	nil,                            // 36: stevedore.v1.Capabilities.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 38: google.protobuf.Duration
+	(LogLevel)(0),                  // 5: stevedore.v1.LogLevel
+	(LogSource)(0),                 // 6: stevedore.v1.LogSource
+	(*GetCapabilitiesRequest)(nil), // 7: stevedore.v1.GetCapabilitiesRequest
+	(*Capabilities)(nil),           // 8: stevedore.v1.Capabilities
+	(*DockerEngine)(nil),           // 9: stevedore.v1.DockerEngine
+	(*Bundle)(nil),                 // 10: stevedore.v1.Bundle
+	(*BundleRequirements)(nil),     // 11: stevedore.v1.BundleRequirements
+	(*CachedImage)(nil),            // 12: stevedore.v1.CachedImage
+	(*StartStepRequest)(nil),       // 13: stevedore.v1.StartStepRequest
+	(*Script)(nil),                 // 14: stevedore.v1.Script
+	(*Variable)(nil),               // 15: stevedore.v1.Variable
+	(*File)(nil),                   // 16: stevedore.v1.File
+	(*Execution)(nil),              // 17: stevedore.v1.Execution
+	(*HostExecution)(nil),          // 18: stevedore.v1.HostExecution
+	(*ContainerExecution)(nil),     // 19: stevedore.v1.ContainerExecution
+	(*RegistryCredentials)(nil),    // 20: stevedore.v1.RegistryCredentials
+	(*Isolation)(nil),              // 21: stevedore.v1.Isolation
+	(*ResourceLimits)(nil),         // 22: stevedore.v1.ResourceLimits
+	(*GetStatusRequest)(nil),       // 23: stevedore.v1.GetStatusRequest
+	(*CancelStepRequest)(nil),      // 24: stevedore.v1.CancelStepRequest
+	(*CompleteStepRequest)(nil),    // 25: stevedore.v1.CompleteStepRequest
+	(*StepStatus)(nil),             // 26: stevedore.v1.StepStatus
+	(*LogLine)(nil),                // 27: stevedore.v1.LogLine
+	(*OutputVariable)(nil),         // 28: stevedore.v1.OutputVariable
+	(*Artifact)(nil),               // 29: stevedore.v1.Artifact
+	(*PrePullRequest)(nil),         // 30: stevedore.v1.PrePullRequest
+	(*PrePullProgress)(nil),        // 31: stevedore.v1.PrePullProgress
+	(*UploadFileChunk)(nil),        // 32: stevedore.v1.UploadFileChunk
+	(*FileHeader)(nil),             // 33: stevedore.v1.FileHeader
+	(*UploadFileResponse)(nil),     // 34: stevedore.v1.UploadFileResponse
+	(*DownloadFileRequest)(nil),    // 35: stevedore.v1.DownloadFileRequest
+	(*DownloadFileChunk)(nil),      // 36: stevedore.v1.DownloadFileChunk
+	nil,                            // 37: stevedore.v1.Capabilities.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 39: google.protobuf.Duration
 }
 var file_proto_stevedore_v1_agent_proto_depIdxs = []int32{
-	8,  // 0: stevedore.v1.Capabilities.docker:type_name -> stevedore.v1.DockerEngine
-	9,  // 1: stevedore.v1.Capabilities.bundle:type_name -> stevedore.v1.Bundle
-	36, // 2: stevedore.v1.Capabilities.labels:type_name -> stevedore.v1.Capabilities.LabelsEntry
-	11, // 3: stevedore.v1.Capabilities.cached_images:type_name -> stevedore.v1.CachedImage
-	10, // 4: stevedore.v1.Bundle.requires:type_name -> stevedore.v1.BundleRequirements
-	37, // 5: stevedore.v1.CachedImage.last_used:type_name -> google.protobuf.Timestamp
-	13, // 6: stevedore.v1.StartStepRequest.script:type_name -> stevedore.v1.Script
-	14, // 7: stevedore.v1.StartStepRequest.variables:type_name -> stevedore.v1.Variable
-	15, // 8: stevedore.v1.StartStepRequest.files:type_name -> stevedore.v1.File
-	16, // 9: stevedore.v1.StartStepRequest.execution:type_name -> stevedore.v1.Execution
-	38, // 10: stevedore.v1.StartStepRequest.timeout:type_name -> google.protobuf.Duration
-	20, // 11: stevedore.v1.StartStepRequest.isolation:type_name -> stevedore.v1.Isolation
-	21, // 12: stevedore.v1.StartStepRequest.limits:type_name -> stevedore.v1.ResourceLimits
-	38, // 13: stevedore.v1.StartStepRequest.cancel_grace:type_name -> google.protobuf.Duration
-	38, // 14: stevedore.v1.StartStepRequest.wait:type_name -> google.protobuf.Duration
+	9,  // 0: stevedore.v1.Capabilities.docker:type_name -> stevedore.v1.DockerEngine
+	10, // 1: stevedore.v1.Capabilities.bundle:type_name -> stevedore.v1.Bundle
+	37, // 2: stevedore.v1.Capabilities.labels:type_name -> stevedore.v1.Capabilities.LabelsEntry
+	12, // 3: stevedore.v1.Capabilities.cached_images:type_name -> stevedore.v1.CachedImage
+	11, // 4: stevedore.v1.Bundle.requires:type_name -> stevedore.v1.BundleRequirements
+	38, // 5: stevedore.v1.CachedImage.last_used:type_name -> google.protobuf.Timestamp
+	14, // 6: stevedore.v1.StartStepRequest.script:type_name -> stevedore.v1.Script
+	15, // 7: stevedore.v1.StartStepRequest.variables:type_name -> stevedore.v1.Variable
+	16, // 8: stevedore.v1.StartStepRequest.files:type_name -> stevedore.v1.File
+	17, // 9: stevedore.v1.StartStepRequest.execution:type_name -> stevedore.v1.Execution
+	39, // 10: stevedore.v1.StartStepRequest.timeout:type_name -> google.protobuf.Duration
+	21, // 11: stevedore.v1.StartStepRequest.isolation:type_name -> stevedore.v1.Isolation
+	22, // 12: stevedore.v1.StartStepRequest.limits:type_name -> stevedore.v1.ResourceLimits
+	39, // 13: stevedore.v1.StartStepRequest.cancel_grace:type_name -> google.protobuf.Duration
+	39, // 14: stevedore.v1.StartStepRequest.wait:type_name -> google.protobuf.Duration
 	0,  // 15: stevedore.v1.Script.syntax:type_name -> stevedore.v1.Syntax
-	17, // 16: stevedore.v1.Execution.host:type_name -> stevedore.v1.HostExecution
-	18, // 17: stevedore.v1.Execution.container:type_name -> stevedore.v1.ContainerExecution
-	19, // 18: stevedore.v1.ContainerExecution.credentials:type_name -> stevedore.v1.RegistryCredentials
+	18, // 16: stevedore.v1.Execution.host:type_name -> stevedore.v1.HostExecution
+	19, // 17: stevedore.v1.Execution.container:type_name -> stevedore.v1.ContainerExecution
+	20, // 18: stevedore.v1.ContainerExecution.credentials:type_name -> stevedore.v1.RegistryCredentials
 	1,  // 19: stevedore.v1.ContainerExecution.pull_policy:type_name -> stevedore.v1.PullPolicy
 	2,  // 20: stevedore.v1.Isolation.level:type_name -> stevedore.v1.IsolationLevel
-	38, // 21: stevedore.v1.Isolation.wait_timeout:type_name -> google.protobuf.Duration
-	38, // 22: stevedore.v1.GetStatusRequest.wait:type_name -> google.protobuf.Duration
+	39, // 21: stevedore.v1.Isolation.wait_timeout:type_name -> google.protobuf.Duration
+	39, // 22: stevedore.v1.GetStatusRequest.wait:type_name -> google.protobuf.Duration
 	3,  // 23: stevedore.v1.StepStatus.state:type_name -> stevedore.v1.StepState
 	4,  // 24: stevedore.v1.StepStatus.outcome:type_name -> stevedore.v1.Outcome
-	26, // 25: stevedore.v1.StepStatus.lines:type_name -> stevedore.v1.LogLine
-	27, // 26: stevedore.v1.StepStatus.output_variables:type_name -> stevedore.v1.OutputVariable
-	28, // 27: stevedore.v1.StepStatus.artifacts:type_name -> stevedore.v1.Artifact
-	37, // 28: stevedore.v1.StepStatus.created_at:type_name -> google.protobuf.Timestamp
-	37, // 29: stevedore.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
-	37, // 30: stevedore.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
-	5,  // 31: stevedore.v1.LogLine.source:type_name -> stevedore.v1.LogSource
-	37, // 32: stevedore.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	18, // 33: stevedore.v1.PrePullRequest.images:type_name -> stevedore.v1.ContainerExecution
-	32, // 34: stevedore.v1.UploadFileChunk.header:type_name -> stevedore.v1.FileHeader
-	32, // 35: stevedore.v1.DownloadFileChunk.header:type_name -> stevedore.v1.FileHeader
-	6,  // 36: stevedore.v1.Agent.GetCapabilities:input_type -> stevedore.v1.GetCapabilitiesRequest
-	12, // 37: stevedore.v1.Agent.StartStep:input_type -> stevedore.v1.StartStepRequest
-	22, // 38: stevedore.v1.Agent.GetStatus:input_type -> stevedore.v1.GetStatusRequest
-	23, // 39: stevedore.v1.Agent.CancelStep:input_type -> stevedore.v1.CancelStepRequest
-	24, // 40: stevedore.v1.Agent.CompleteStep:input_type -> stevedore.v1.CompleteStepRequest
-	29, // 41: stevedore.v1.Agent.PrePull:input_type -> stevedore.v1.PrePullRequest
-	31, // 42: stevedore.v1.Agent.UploadFile:input_type -> stevedore.v1.UploadFileChunk
-	34, // 43: stevedore.v1.Agent.DownloadFile:input_type -> stevedore.v1.DownloadFileRequest
-	7,  // 44: stevedore.v1.Agent.GetCapabilities:output_type -> stevedore.v1.Capabilities
-	25, // 45: stevedore.v1.Agent.StartStep:output_type -> stevedore.v1.StepStatus
-	25, // 46: stevedore.v1.Agent.GetStatus:output_type -> stevedore.v1.StepStatus
-	25, // 47: stevedore.v1.Agent.CancelStep:output_type -> stevedore.v1.StepStatus
-	25, // 48: stevedore.v1.Agent.CompleteStep:output_type -> stevedore.v1.StepStatus
-	30, // 49: stevedore.v1.Agent.PrePull:output_type -> stevedore.v1.PrePullProgress
-	33, // 50: stevedore.v1.Agent.UploadFile:output_type -> stevedore.v1.UploadFileResponse
-	35, // 51: stevedore.v1.Agent.DownloadFile:output_type -> stevedore.v1.DownloadFileChunk
-	44, // [44:52] is the sub-list for method output_type
-	36, // [36:44] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	27, // 25: stevedore.v1.StepStatus.lines:type_name -> stevedore.v1.LogLine
+	28, // 26: stevedore.v1.StepStatus.output_variables:type_name -> stevedore.v1.OutputVariable
+	29, // 27: stevedore.v1.StepStatus.artifacts:type_name -> stevedore.v1.Artifact
+	38, // 28: stevedore.v1.StepStatus.created_at:type_name -> google.protobuf.Timestamp
+	38, // 29: stevedore.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
+	38, // 30: stevedore.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
+	6,  // 31: stevedore.v1.LogLine.source:type_name -> stevedore.v1.LogSource
+	38, // 32: stevedore.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	5,  // 33: stevedore.v1.LogLine.level:type_name -> stevedore.v1.LogLevel
+	19, // 34: stevedore.v1.PrePullRequest.images:type_name -> stevedore.v1.ContainerExecution
+	33, // 35: stevedore.v1.UploadFileChunk.header:type_name -> stevedore.v1.FileHeader
+	33, // 36: stevedore.v1.DownloadFileChunk.header:type_name -> stevedore.v1.FileHeader
+	7,  // 37: stevedore.v1.Agent.GetCapabilities:input_type -> stevedore.v1.GetCapabilitiesRequest
+	13, // 38: stevedore.v1.Agent.StartStep:input_type -> stevedore.v1.StartStepRequest
+	23, // 39: stevedore.v1.Agent.GetStatus:input_type -> stevedore.v1.GetStatusRequest
+	24, // 40: stevedore.v1.Agent.CancelStep:input_type -> stevedore.v1.CancelStepRequest
+	25, // 41: stevedore.v1.Agent.CompleteStep:input_type -> stevedore.v1.CompleteStepRequest
+	30, // 42: stevedore.v1.Agent.PrePull:input_type -> stevedore.v1.PrePullRequest
+	32, // 43: stevedore.v1.Agent.UploadFile:input_type -> stevedore.v1.UploadFileChunk
+	35, // 44: stevedore.v1.Agent.DownloadFile:input_type -> stevedore.v1.DownloadFileRequest
+	8,  // 45: stevedore.v1.Agent.GetCapabilities:output_type -> stevedore.v1.Capabilities
+	26, // 46: stevedore.v1.Agent.StartStep:output_type -> stevedore.v1.StepStatus
+	26, // 47: stevedore.v1.Agent.GetStatus:output_type -> stevedore.v1.StepStatus
+	26, // 48: stevedore.v1.Agent.CancelStep:output_type -> stevedore.v1.StepStatus
+	26, // 49: stevedore.v1.Agent.CompleteStep:output_type -> stevedore.v1.StepStatus
+	31, // 50: stevedore.v1.Agent.PrePull:output_type -> stevedore.v1.PrePullProgress
+	34, // 51: stevedore.v1.Agent.UploadFile:output_type -> stevedore.v1.UploadFileResponse
+	36, // 52: stevedore.v1.Agent.DownloadFile:output_type -> stevedore.v1.DownloadFileChunk
+	45, // [45:53] is the sub-list for method output_type
+	37, // [37:45] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_proto_stevedore_v1_agent_proto_init() }
@@ -3006,7 +3099,7 @@ func file_proto_stevedore_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_stevedore_v1_agent_proto_rawDesc), len(file_proto_stevedore_v1_agent_proto_rawDesc)),
-			NumEnums:      6,
+			NumEnums:      7,
 			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
