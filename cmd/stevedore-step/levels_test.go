@@ -163,7 +163,8 @@ func TestResultMessage(t *testing.T) {
 		{"on success", msg("deployed v2"), 0, "deployed v2", "deployed v2"},
 		{"Octopus's fail_step: resultMessage, then a non-zero exit", msg("db down") + "exit 1\n", 1, "db down", "db down"},
 		{"the last one wins", msg("first") + msg("second"), 0, "second", "second"},
-		{"failStep wins the failure's reason", msg("deployed") + "fail_step 'it broke'\n", 1, "it broke", "deployed"},
+		{"failStep wins the failure's reason", msg("deployed") + "\"$STEVEDORE_RUNNER\" emit failStep 'message=it broke'\nexit 1\n", 1, "it broke", "deployed"},
+		{"fail_step is Octopus's: its message is the last resultMessage", msg("deployed") + "fail_step 'it broke'\n", 1, "it broke", "it broke"},
 		{"failStep wins also when it came first", "emit() { \"$STEVEDORE_RUNNER\" emit \"$@\"; }\nemit failStep message=broke\n" + msg("later") + "exit 2\n", 2, "broke", "later"},
 		{"masked", "mask hunter2\n" + msg("pw hunter2"), 0, "pw " + maskText, "pw " + maskText},
 		{"none", "exit 3\n", 3, "", ""},
@@ -175,8 +176,9 @@ func TestResultMessage(t *testing.T) {
 			if d.exit != tt.wantExit || d.result.Message != tt.wantMessage || d.result.ResultMessage != tt.wantResult || d.result.RunnerError {
 				t.Fatalf("exit %d, result %+v; want exit %d, message %q, result message %q; records %s", d.exit, d.result, tt.wantExit, tt.wantMessage, tt.wantResult, dump(d.records))
 			}
-			// Each resultMessage is an event, recorded (masked) for the log.
-			n := strings.Count(tt.script, "resultMessage")
+			// Each resultMessage is an event, recorded (masked) for the log;
+			// Octopus's fail_step sends one too.
+			n := strings.Count(tt.script, "resultMessage") + strings.Count(tt.script, "fail_step ")
 			var got []string
 			for _, ev := range d.events(t) {
 				if ev.Type == "resultMessage" {

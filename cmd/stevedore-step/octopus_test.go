@@ -94,7 +94,7 @@ func checkOctopusEvents(t *testing.T, d done, wantExit int) {
 		{Type: "createArtifact", Path: report, Name: "report.txt"},
 		{Type: "createArtifact", Path: report, Name: "Report.txt"},
 		{Type: "progress", Percentage: 50, Message: "Half way"},
-		{Type: "failStep", Message: "Deployment failed: it broke"},
+		{Type: "resultMessage", Message: "Deployment failed: it broke"},
 	}
 	if !slices.Equal(evs[2:], want) {
 		t.Errorf("events %+v, want %+v", evs[2:], want)
@@ -430,7 +430,7 @@ fail_step "sh broke"
 		t.Fatalf("exit %d result %+v; records %s", d.exit, d.result, dump(d.records))
 	}
 	wantLines(t, octopusText(d.lines(steplog.KindStdout)), "action: Deploy web", "secret: "+maskText, "missing: []", "look", "array: none")
-	want := []steplog.Event{{Type: "setVariable", Name: "Out", Value: "o v"}, {Type: "progress", Percentage: 10}, {Type: "failStep", Message: "sh broke"}}
+	want := []steplog.Event{{Type: "setVariable", Name: "Out", Value: "o v"}, {Type: "progress", Percentage: 10}, {Type: "resultMessage", Message: "sh broke"}}
 	if evs := d.events(t); !slices.Equal(evs, want) {
 		t.Fatalf("events %+v, want %+v", evs, want)
 	}

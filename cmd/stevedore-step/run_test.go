@@ -158,7 +158,7 @@ echo "s3cr3t value" >&2
 			if d.result.Message != "it broke" || d.result.RunnerError {
 				t.Fatalf("result %+v", d.result)
 			}
-			if evs := d.events(t); len(evs) != 1 || evs[0] != (steplog.Event{Type: "failStep", Message: "it broke"}) {
+			if evs := d.events(t); len(evs) != 1 || evs[0] != (steplog.Event{Type: "resultMessage", Message: "it broke"}) {
 				t.Fatalf("events %+v", evs)
 			}
 		}},

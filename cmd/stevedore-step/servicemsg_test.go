@@ -192,7 +192,7 @@ func TestEmitCommand(t *testing.T) {
 		{"setVariable", []string{"setVariable", "name=A.b", "value=x=y"}, 0, steplog.Event{Type: "setVariable", Name: "A.b", Value: "x=y"}},
 		{"empty value", []string{"mask", "value="}, 0, steplog.Event{Type: "mask"}},
 		{"no attributes", []string{"failStep"}, 0, steplog.Event{Type: "failStep"}},
-		{"octopus", []string{"--octopus", "resultMessage", "message=it's"}, 0, steplog.Event{Type: "failStep", Message: "it's"}},
+		{"octopus", []string{"--octopus", "resultMessage", "message=it's"}, 0, steplog.Event{Type: "resultMessage", Message: "it's"}},
 		{"no type", nil, exitUsage, steplog.Event{}},
 		{"bad type", []string{"set variable"}, exitUsage, steplog.Event{}},
 		{"not key=value", []string{"mask", "value"}, exitUsage, steplog.Event{}},
