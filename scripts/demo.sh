@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: a server and a polling agent on loopback; a real step in the
-# bookworm fixture, submitted through the server's HTTP API, prints lines,
-# sets an output variable, echoes a masked secret and exits non-zero; then
-# the result and the server's record of the step are shown. Run after
-# `make setup build`.
+# worker-tools fixture, submitted through the server's HTTP API: a script
+# written against Octopus's bash helpers reads variables, uses jq, prints
+# lines at Octopus's log levels, sets output variables (one sensitive),
+# echoes a masked secret, collects an artifact and fails with a reason and
+# a non-zero exit code; then the result and the server's record of the step
+# are shown. Run after `make setup build`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/../internal/testenv/fixtures.env"
@@ -37,27 +39,35 @@ echo "== polling agent demo-worker (pool demo) dials the server"
 	--name demo-worker --pool demo --log-level warn >"$demo/agent.log" 2>&1 &
 pids+=($!)
 
-echo "== stevedore run --server: a step in $STEVEDORE_FIXTURE_BOOKWORM on the pool demo"
+echo "== stevedore run --server: a step in $STEVEDORE_FIXTURE_WORKER_TOOLS on the pool demo"
 set +e
 "$bin/stevedore" run --server "http://$http" --pool demo \
-	--image "$STEVEDORE_FIXTURE_BOOKWORM" --pull always \
+	--image "$STEVEDORE_FIXTURE_WORKER_TOOLS" --pull always \
 	--registry-user "$STEVEDORE_REGISTRY_USER" --registry-password "$STEVEDORE_REGISTRY_PASSWORD" \
-	--var Environment=staging --sensitive ApiKey=demo-secret-1234 \
+	--var Octopus.Environment.Name=staging --var Release.Manifest='{"version":"1.2.3","replicas":3}' \
+	--sensitive ApiKey=demo-secret-1234 --verbose \
 	--result "$demo/result.json" --script '
-echo "deploying to $Environment from $(. /etc/os-release; echo "$PRETTY_NAME")"
+set -euo pipefail
+environment=$(get_octopusvariable "Octopus.Environment.Name")
+echo "deploying to $environment from $(. /etc/os-release; echo "$PRETTY_NAME")"
+version=$(get_octopusvariable "Release.Manifest" | jq -r .version)
+write_verbose "manifest: ${octopus_parameters[Release.Manifest]}"
 for i in 1 2 3; do echo "step line $i"; done
-echo "using api key $ApiKey"
-echo "a warning on stderr" >&2
-set_variable DeployedVersion 1.2.3
-echo "release notes" > notes.txt && new_artifact notes.txt
-echo "failing on purpose with exit code 3"
-exit 3'
+echo "using api key $(get_octopusvariable ApiKey)"
+echo "a line on stderr" >&2
+write_warning "replicas: $(get_octopusvariable "Release.Manifest" | jq .replicas), fewer than 5"
+set_octopusvariable "DeployedVersion" "$version"
+set_octopusvariable "DeployToken" "$(openssl rand -hex 8)" -sensitive
+echo "release notes for $version" > notes.txt && new_octopusartifact notes.txt
+update_progress 90 "almost there"
+write_highlight "deployed $version to $environment"
+fail_step "failing on purpose: smoke test of $version"'
 code=$?
 set -e
 echo "== exit code: $code"
 echo "== result ($demo/result.json):"
 cat "$demo/result.json"
-[ "$code" = 3 ] || { echo "demo: expected exit code 3" >&2; cat "$demo/server.log" "$demo/agent.log" >&2; exit 1; }
+[ "$code" = 1 ] || { echo "demo: expected exit code 1" >&2; cat "$demo/server.log" "$demo/agent.log" >&2; exit 1; }
 ticket=$(sed -n 's/.*"ticket": "\(.*\)".*/\1/p' "$demo/result.json")
 echo "== the server's record (GET /api/steps/$ticket):"
 curl -fsS -u "$ADMIN_USERNAME:$ADMIN_PASSWORD" "http://$http/api/steps/$ticket"
