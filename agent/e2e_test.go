@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -311,21 +310,7 @@ new_artifact report.txt report
 		t.Fatalf("artifacts %v", run.final.GetArtifacts())
 	}
 	art := run.final.GetArtifacts()[0]
-	stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: art.GetPath()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []byte
-	for {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, msg.GetData()...)
-	}
+	got := download(t, ta, tk, art.GetPath())
 	if art.GetName() != "report" || string(got) != "report-content\n" || art.GetSizeBytes() != int64(len(got)) {
 		t.Errorf("artifact %v content %q", art, got)
 	}

@@ -2,9 +2,7 @@ package agent_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -70,26 +68,12 @@ func testOctopusScript(t *testing.T, ta *testAgent, exec *pb.Execution, sc teste
 	if len(arts) != 1 || arts[0].GetName() != testenv.OctopusArtifact {
 		t.Fatalf("artifacts %v", arts)
 	}
-	stream, err := ta.client.DownloadFile(context.Background(), &pb.DownloadFileRequest{Ticket: tk, Path: arts[0].GetPath()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var content []byte
-	for {
-		msg, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		content = append(content, msg.GetData()...)
-	}
+	content := download(t, ta, tk, arts[0].GetPath())
 	if string(content) != "report\n" {
 		t.Errorf("artifact content %q", content)
 	}
 	// The sensitive input is nowhere in the state dir in plaintext.
-	err = filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
