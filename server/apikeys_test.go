@@ -87,6 +87,7 @@ func TestAPIKeyRoles(t *testing.T) {
 		// {queued}: a step submitted for the request, waiting for a worker:
 		// by the caller when it may submit (a submitter cancels its own).
 		{"POST", "/api/steps/{queued}/cancel", "", submitter, http.StatusAccepted, 0},
+		{"GET", "/api/steps/{queued}/outputs", "", submitter, http.StatusOK, 0},
 		{"POST", "/api/workers", `{"name":"listening-{n}","address":"127.0.0.1:1","thumbprint":"` + thumbprint + `"}`, adminRole, http.StatusCreated, 0},
 		{"GET", "/api/trust", "", adminRole, http.StatusOK, 0},
 		{"POST", "/api/trust", `{"thumbprint":"` + thumbprint + `"}`, adminRole, http.StatusCreated, http.StatusCreated},

@@ -396,10 +396,7 @@ func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRe
 // records its end.
 func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus, finish func(StepRecord, *int32, string, string)) {
 	dir := filepath.Join(s.cfg.ArtifactsDir, rec.ID)
-	rec.OutputVariables = map[string]string{}
-	for _, v := range st.GetOutputVariables() {
-		rec.OutputVariables[v.GetName()] = v.GetValue()
-	}
+	s.recordOutputs(&rec, st.GetOutputVariables())
 	rec.Artifacts = nil
 	for _, a := range st.GetArtifacts() {
 		art, err := s.download(client, rec.ID, a, dir)

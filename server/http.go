@@ -47,6 +47,7 @@ const maxLogWait = 60 * time.Second
 //	GET  /api/steps/{id}/log               reader     ?after=N&max=N&wait=30s: lines after N, long-polled
 //	GET  /api/steps/{id}/log?format=text   reader     the log as text; &follow=true streams it to the end
 //	GET  /api/steps/{id}/artifacts/{name}  reader     an artifact's content
+//	GET  /api/steps/{id}/outputs           submitter  its output variables with sensitive values: its submitter's or an admin's
 //	POST /api/steps/{id}/cancel            submitter  cancel the step
 //	GET  /api/keys                         admin      the API keys, without their secrets
 //	POST /api/keys                         admin      {"name","role"}: a new key; its secret is in this answer only
@@ -66,6 +67,7 @@ func (s *Server) Handler() http.Handler {
 	route("GET /api/steps/{id}", RoleReader, s.apiStep)
 	route("GET /api/steps/{id}/log", RoleReader, s.apiLog)
 	route("GET /api/steps/{id}/artifacts/{name}", RoleReader, s.apiArtifact)
+	route("GET /api/steps/{id}/outputs", RoleSubmitter, s.apiOutputs)
 	route("POST /api/steps/{id}/cancel", RoleSubmitter, s.apiCancel)
 	route("GET /api/trust", RoleAdmin, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Trusted()) })
 	route("POST /api/trust", RoleAdmin, s.apiTrust)
@@ -174,7 +176,8 @@ func allowed(need Role, next http.HandlerFunc) http.Handler {
 	})
 }
 
-// StepView is a step as the API shows it (the sealed request is not shown).
+// StepView is a step as the API shows it: neither the sealed request nor
+// the sealed output variables, whose values it shows as SensitiveMask.
 type StepView struct {
 	StepRecord
 	// WaitingFor says why a queued step is not running yet.
@@ -183,7 +186,7 @@ type StepView struct {
 }
 
 func (s *Server) view(rec StepRecord) StepView {
-	rec.Sealed = nil
+	rec.Sealed, rec.SealedOutputs = nil, nil
 	v := StepView{StepRecord: rec, Log: "/api/steps/" + rec.ID + "/log"}
 	if rec.State == StateQueued {
 		v.WaitingFor = s.waitingFor(rec.ID)
@@ -399,11 +402,10 @@ func (s *Server) apiArtifact(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apiCancel(w http.ResponseWriter, r *http.Request) {
 	// A submitter cancels its own steps; another team's are not its to stop.
-	if p := principalOf(r); p.Role != RoleAdmin {
-		if rec, ok := s.Step(r.PathValue("id")); ok && (p.KeyID == "" || rec.SubmitterKey != p.KeyID) {
-			apiError(w, http.StatusForbidden, fmt.Errorf("step %s was submitted by %s: %s may cancel only its own steps (an admin may cancel any)", rec.ID, cmp.Or(rec.SubmittedBy, "an earlier server"), p.Name))
-			return
-		}
+	p := principalOf(r)
+	if rec, ok := s.Step(r.PathValue("id")); ok && !ownsStep(p, rec) {
+		apiError(w, http.StatusForbidden, fmt.Errorf("step %s was submitted by %s: %s may cancel only its own steps (an admin may cancel any)", rec.ID, cmp.Or(rec.SubmittedBy, "an earlier server"), p.Name))
+		return
 	}
 	rec, err := s.Cancel(r.PathValue("id"))
 	switch {

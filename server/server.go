@@ -101,16 +101,23 @@ type StepRecord struct {
 	// Cursor is the last sequence stored in the task log.
 	Cursor uint64 `json:"cursor"`
 	// CancelRequested: the step is to be cancelled on its worker.
-	CancelRequested bool              `json:"cancel_requested,omitempty"`
-	Outcome         string            `json:"outcome,omitempty"`
-	ExitCode        *int32            `json:"exit_code,omitempty"`
-	Signal          string            `json:"signal,omitempty"`
-	Reason          string            `json:"reason,omitempty"`
+	CancelRequested bool   `json:"cancel_requested,omitempty"`
+	Outcome         string `json:"outcome,omitempty"`
+	ExitCode        *int32 `json:"exit_code,omitempty"`
+	Signal          string `json:"signal,omitempty"`
+	Reason          string `json:"reason,omitempty"`
+	// OutputVariables has every output variable, a sensitive one's value
+	// as SensitiveMask: Server.Outputs opens them.
 	OutputVariables map[string]string `json:"output_variables,omitempty"`
-	Artifacts       []Artifact        `json:"artifacts,omitempty"`
-	CreatedAt       time.Time         `json:"created_at"`
-	StartedAt       time.Time         `json:"started_at,omitzero"`
-	FinishedAt      time.Time         `json:"finished_at,omitzero"`
+	// SensitiveOutputs names the sensitive output variables, sorted.
+	SensitiveOutputs []string `json:"sensitive_outputs,omitempty"`
+	// SealedOutputs is the JSON of the sensitive ones' names and values,
+	// encrypted with the master key.
+	SealedOutputs []byte     `json:"sealed_outputs,omitempty"`
+	Artifacts     []Artifact `json:"artifacts,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	StartedAt     time.Time  `json:"started_at,omitzero"`
+	FinishedAt    time.Time  `json:"finished_at,omitzero"`
 }
 
 // Artifact is a step's artifact, downloaded into the artifacts directory.

@@ -194,6 +194,19 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	if res.OutputVariables == nil {
 		res.OutputVariables = map[string]string{}
 	}
+	// The step views mask sensitive values; the result file has them, as
+	// in direct mode, from the route that gives them to their submitter.
+	if o.resultFile != "" && len(final.SensitiveOutputs) > 0 {
+		var outs server.StepOutputs
+		err := retryAPI(ctx, func() error {
+			return c.call(ctx, "GET", "/api/steps/"+url.PathEscape(v.ID)+"/outputs", nil, &outs)
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "stevedore: sensitive output variables of step %s (masked in the result): %v\n", v.ID, err)
+		} else {
+			res.OutputVariables = outs.OutputVariables
+		}
+	}
 	for _, a := range final.Artifacts {
 		ra := runArtifact{Name: a.Name, Path: a.Path, Size: a.Size, SHA256: a.SHA256}
 		if o.resultFile != "" {

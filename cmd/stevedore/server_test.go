@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -443,5 +444,51 @@ func TestRunThroughServerLabelsAndQueueTimeout(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// `stevedore run --server --result` writes the result file direct mode
+// does, sensitive output variables' values too: the step views mask them,
+// so it reads them from .../outputs with the submitter's own key.
+func TestRunThroughServerResultHasSensitiveOutputs(t *testing.T) {
+	s := newServerSetup(t, "--builtin-worker")
+	s.start(t)
+	admin := &apiClient{base: s.url(), user: testAdmin, pass: testPassword, http: http.DefaultClient}
+	var key server.NewAPIKey
+	if err := admin.call(t.Context(), "POST", "/api/keys", server.CreateKeyBody{Name: "ci", Role: server.RoleSubmitter}, &key); err != nil {
+		t.Fatal(err)
+	}
+	// The values are made at run time: in no request, only in the outputs.
+	script := `set_variable Version 1.2.3
+set_octopusvariable "Password" "s3cret-$((7000+234))" -sensitive
+set_variable Token "tok-$((40000+2))" sensitive`
+	want := map[string]string{"Version": "1.2.3", "Password": "s3cret-7234", "Token": "tok-40002"}
+
+	clientDir := filepath.Join(t.TempDir(), "client")
+	addr, tp := listeningAgent(t, clientDir)
+	direct := filepath.Join(t.TempDir(), "direct.json")
+	if _, stderr, err := run(t, "run", "--state-dir", clientDir, "--agent", addr, "--agent-thumbprint", tp, "--script", script, "--result", direct); err != nil {
+		t.Fatalf("direct run: %v\nstderr: %s", err, stderr)
+	}
+	viaServer := filepath.Join(t.TempDir(), "server.json")
+	if code, _, stderr := runStevedore(t, nil, "run", "--server", s.url(), "--pool", "builtin", "--token", key.Key, "--script", script, "--result", viaServer); code != 0 {
+		t.Fatalf("run --server: exit %d\nstderr: %s", code, stderr)
+	}
+	for _, file := range []string{direct, viaServer} {
+		var res runResult
+		if b, err := os.ReadFile(file); err != nil || json.Unmarshal(b, &res) != nil {
+			t.Fatalf("result %s: %s (%v)", file, b, err)
+		}
+		if res.Outcome != "SUCCEEDED" || !maps.Equal(res.OutputVariables, want) {
+			t.Errorf("result %s: outcome %s, output variables %v; want SUCCEEDED, %v", filepath.Base(file), res.Outcome, res.OutputVariables, want)
+		}
+	}
+	// Without the route's answer the result would have held the masks.
+	var steps []server.StepView
+	if err := admin.call(t.Context(), "GET", "/api/steps", nil, &steps); err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 1 || steps[0].OutputVariables["Password"] != server.SensitiveMask || steps[0].OutputVariables["Token"] != server.SensitiveMask {
+		t.Errorf("the steps the server shows: %+v", steps)
 	}
 }
