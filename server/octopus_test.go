@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/server"
 )
 
 // Scripts written against Octopus's helpers (internal/testenv/octopus) run
@@ -48,8 +50,17 @@ func TestOctopusScriptsThroughTheServer(t *testing.T) {
 			if final.OutputVariables["TestResult"] != "Passed" {
 				t.Errorf("output variables %v", final.OutputVariables)
 			}
-			if _, ok := final.OutputVariables["Password"]; !ok {
-				t.Errorf("no sensitive output variable in %v", final.OutputVariables)
+			// A sensitive output is masked in the step's view; its submitter
+			// reads it from /outputs.
+			if final.OutputVariables["Password"] != server.SensitiveMask || !slices.Equal(final.SensitiveOutputs, []string{"Password"}) {
+				t.Errorf("output variables %v, sensitive %v", final.OutputVariables, final.SensitiveOutputs)
+			}
+			code, body := a.do("GET", "/api/steps/"+v.ID+"/outputs", nil)
+			var outs struct {
+				OutputVariables map[string]string `json:"output_variables"`
+			}
+			if code != http.StatusOK || json.Unmarshal(body, &outs) != nil || outs.OutputVariables["Password"] != "correct horse battery staple" {
+				t.Errorf("outputs: %d %s", code, body)
 			}
 			if len(final.Artifacts) != 1 || final.Artifacts[0].Name != testenv.OctopusArtifact {
 				t.Fatalf("artifacts %+v", final.Artifacts)
@@ -58,7 +69,7 @@ func TestOctopusScriptsThroughTheServer(t *testing.T) {
 				t.Errorf("artifact: %d %q", code, body)
 			}
 
-			code, body := a.do("GET", "/api/steps/"+v.ID+"/log?format=text", nil)
+			code, body = a.do("GET", "/api/steps/"+v.ID+"/log?format=text", nil)
 			text := string(body)
 			for _, w := range []string{
 				"[verbose] Connecting to the load balancer\n[wait] Waiting for the load balancer to drain\n[warning] Disk is 91% full\n[highlight] Deployed\n",
