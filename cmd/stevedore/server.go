@@ -97,6 +97,7 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	f.DurationVar(&o.queueTimeout, "queue-timeout", 0, "how long a step waits in the queue for a worker when its submission does not say; then it ends TIMED_OUT (0: for ever)")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	o.log.flags(f)
+	cmd.AddCommand(newShowMasterKeyCommand())
 	return cmd
 }
 

@@ -63,38 +63,51 @@ func (b *Box) Open(sealed []byte) ([]byte, error) {
 // MasterKeyFile holds a generated master key when MASTER_KEY is not set.
 const MasterKeyFile = "master.key"
 
-// LoadMasterKey returns a Box for the master key: from env (MASTER_KEY, the
-// base64 of 16 bytes) when set, else from MasterKeyFile in dir, generating
-// that file (mode 0600) on first use.
-func LoadMasterKey(env, dir string) (*Box, error) {
-	var key []byte
+// ErrNoMasterKey: MASTER_KEY is not set and no key file has been generated yet.
+var ErrNoMasterKey = errors.New("no master key yet")
+
+// ReadMasterKey returns the master key LoadMasterKey would use (MASTER_KEY
+// when set, else MasterKeyFile in dir) without generating one; with
+// neither it returns ErrNoMasterKey. For backups: the key is what makes the
+// sealed data readable elsewhere.
+func ReadMasterKey(env, dir string) ([]byte, error) {
 	if env != "" {
 		k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(env))
 		if err != nil || (len(k) != 16 && len(k) != 32) {
 			return nil, errors.New("MASTER_KEY: want the base64 of 16 random bytes (`head -c16 /dev/urandom | base64`)")
 		}
-		key = k
-	} else {
-		path := filepath.Join(dir, MasterKeyFile)
-		b, err := os.ReadFile(path)
-		switch {
-		case err == nil:
-			k, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-			if derr != nil || len(k) != 16 {
-				return nil, fmt.Errorf("%s: not the base64 of 16 bytes", path)
-			}
-			key = k
-		case errors.Is(err, fs.ErrNotExist):
-			key = make([]byte, 16)
-			if _, err := rand.Read(key); err != nil {
-				return nil, fmt.Errorf("generate master key: %w", err)
-			}
-			if err := fsutil.WriteFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("master key: %w", err)
+		return k, nil
+	}
+	path := filepath.Join(dir, MasterKeyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		k, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(k) != 16 {
+			return nil, fmt.Errorf("%s: not the base64 of 16 bytes", path)
 		}
+		return k, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("%w: MASTER_KEY is not set and there is no %s", ErrNoMasterKey, path)
+	default:
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+}
+
+// LoadMasterKey returns a Box for the master key: from env (MASTER_KEY, the
+// base64 of 16 bytes) when set, else from MasterKeyFile in dir, generating
+// that file (mode 0600) on first use.
+func LoadMasterKey(env, dir string) (*Box, error) {
+	key, err := ReadMasterKey(env, dir)
+	if errors.Is(err, ErrNoMasterKey) {
+		key = make([]byte, 16)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("generate master key: %w", err)
+		}
+		err = fsutil.WriteFileAtomic(filepath.Join(dir, MasterKeyFile), []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
+	}
+	if err != nil {
+		return nil, err
 	}
 	box, err := New(key)
 	if err != nil {
