@@ -121,3 +121,8 @@ STEVEDORE_DEV_DIR=$DEV_DIR "$here/fixtures.sh"
 # The glibc sysroot `make build` links the step runner against, made here
 # too so that a fresh machine pays for it once, in set-up.
 STEVEDORE_DEV_DIR=$DEV_DIR "$here/sysroot.sh" >/dev/null
+# helm, for the chart's `helm lint` and `helm template` test: built once
+# with go install through the module proxy (scripts/helm.sh; about 3.5 min
+# on 2 cores with cold caches), skipped when that version is there.
+install_helm() { STEVEDORE_DEV_DIR=$DEV_DIR "$here/helm.sh" >/dev/null; }
+install_helm
