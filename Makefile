@@ -9,7 +9,7 @@ LDFLAGS := -X stevedore/internal/version.Version=$(VERSION)
 # go test flags; e.g. `make test TESTFLAGS=-v` or `TESTFLAGS='-run Pull'`.
 TESTFLAGS ?=
 
-.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench image clean
+.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench image agent-image clean
 
 all: build
 
@@ -72,6 +72,14 @@ IMAGE ?= stevedore-server:dev
 image: setup build
 	. internal/testenv/fixtures.env && docker build -q --build-arg BASE_IMAGE=$$STEVEDORE_FIXTURE_BOOKWORM \
 		-t $(IMAGE) -f packaging/container/Dockerfile $(BIN)
+
+## agent-image: the agent's own image (stevedore-agent:dev, the top-level Dockerfile) on the
+## bookworm fixture: a polling worker in a container that drives the host's engine (its
+## socket mounted, the state dir at the same path inside and out) or a sidecar's (DOCKER_HOST)
+AGENT_IMAGE ?= stevedore-agent:dev
+agent-image: setup build
+	. internal/testenv/fixtures.env && docker build -q --build-arg BASE_IMAGE=$$STEVEDORE_FIXTURE_BOOKWORM \
+		-t $(AGENT_IMAGE) -f Dockerfile .
 
 clean:
 	rm -rf $(BIN)

@@ -28,8 +28,10 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.tag != "" {
-		exec.Command("docker", "image", "rm", "-f", built.tag).Run()
+	for _, b := range []*imageBuild{&built, &builtAgent} {
+		if b.tag != "" {
+			exec.Command("docker", "image", "rm", "-f", b.tag).Run()
+		}
 	}
 	testenv.CleanupBundle()
 	os.Exit(code)
@@ -50,58 +52,74 @@ func randomSuffix() string {
 	return hex.EncodeToString(b)
 }
 
-// built is the server's image, built once for all the tests here (its
-// docker.io layer is most of the build) and removed by TestMain.
-var built struct {
+// imageBuild is an image built once for all the tests here (a Debian
+// package layer is most of a build) and removed by TestMain.
+type imageBuild struct {
 	once sync.Once
 	tag  string
 	err  error
 }
 
+// built is the server's image, builtAgent the agent's.
+var built, builtAgent imageBuild
+
 // serverImage builds the image as `make image` does: the binary and the
 // bundle as `make build` lays them out, on the bookworm fixture.
 func serverImage(t *testing.T) string {
 	t.Helper()
+	return buildImage(t, &built, "stevedore-server-test", "Dockerfile", "")
+}
+
+// buildImage builds dockerfile once into b, on the bookworm fixture, from
+// a context holding the binary and its bundle/ under sub ("" its root).
+func buildImage(t *testing.T, b *imageBuild, name, dockerfile, sub string) string {
+	t.Helper()
 	cli, _ := testenv.Docker(t)
 	testenv.Image(t, cli, testenv.Bookworm)
 	bin := testenv.Binary(t)
-	built.once.Do(func() {
+	b.once.Do(func() {
 		ctxDir, err := os.MkdirTemp("", "stevedore-image-")
 		if err != nil {
-			built.err = err
+			b.err = err
 			return
 		}
 		defer os.RemoveAll(ctxDir)
 		bundle, err := filepath.EvalSymlinks(filepath.Join(filepath.Dir(bin), "bundle"))
 		if err != nil {
-			built.err = err
+			b.err = err
 			return
 		}
-		for _, cp := range [][2]string{{bin, ctxDir + "/stevedore"}, {bundle, ctxDir + "/bundle"}} {
+		dst := filepath.Join(ctxDir, sub)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			b.err = err
+			return
+		}
+		for _, cp := range [][2]string{{bin, dst + "/stevedore"}, {bundle, dst + "/bundle"}} {
 			if out, err := exec.Command("cp", "-a", cp[0], cp[1]).CombinedOutput(); err != nil {
-				built.err = fmt.Errorf("%w: %s", err, out)
+				b.err = fmt.Errorf("%w: %s", err, out)
 				return
 			}
 		}
-		tag := "stevedore-server-test:" + randomSuffix()
+		tag := name + ":" + randomSuffix()
 		begin := time.Now()
-		out, err := exec.Command("docker", "build", "-q", "--build-arg", "BASE_IMAGE="+testenv.Bookworm, "-t", tag, "-f", "Dockerfile", ctxDir).CombinedOutput()
-		built.tag = tag // removed even after a failed build that tagged nothing
+		out, err := exec.Command("docker", "build", "-q", "--build-arg", "BASE_IMAGE="+testenv.Bookworm, "-t", tag, "-f", dockerfile, ctxDir).CombinedOutput()
+		b.tag = tag // removed even after a failed build that tagged nothing
 		if err != nil {
-			built.err = fmt.Errorf("docker build: %w\n%s", err, out)
+			b.err = fmt.Errorf("docker build: %w\n%s", err, out)
 			return
 		}
 		t.Logf("built %s in %s", tag, time.Since(begin).Round(100*time.Millisecond))
 	})
-	if built.err != nil {
-		t.Fatal(built.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return built.tag
+	return b.tag
 }
 
-// server is a running server container and its API.
+// server is a running server and its API; pool is where its steps go
+// ("" the built-in worker's).
 type server struct {
-	name, base string
+	name, base, pool string
 }
 
 // startServer runs the image with opts and args (after the image name),
@@ -142,9 +160,13 @@ func (s *server) waitAPI(t *testing.T) {
 	}
 }
 
-// step runs `stevedore run --server` on the built-in worker's pool.
+// step runs `stevedore run --server` on the server's pool.
 func (s *server) step(bin string, args ...string) *exec.Cmd {
-	return exec.Command(bin, append([]string{"run", "--server", s.base, "--pool", "builtin", "--user", "admin", "--password", "image-test-password"}, args...)...)
+	pool := s.pool
+	if pool == "" {
+		pool = "builtin"
+	}
+	return exec.Command(bin, append([]string{"run", "--server", s.base, "--pool", pool, "--user", "admin", "--password", "image-test-password"}, args...)...)
 }
 
 type stepCase struct {
