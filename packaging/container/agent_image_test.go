@@ -30,33 +30,8 @@ func TestAgentImage(t *testing.T) {
 	tag := agentImage(t)
 	bin := testenv.Binary(t)
 
-	data := t.TempDir()
-	thumbprint, err := exec.Command(bin, "cert", "--state-dir", data).Output()
-	if err != nil {
-		t.Fatalf("stevedore cert: %v", err)
-	}
-	httpAddr, pollAddr := loopbackPort(t), loopbackPort(t)
 	const token = "agent-image-test-registration-token"
-	srv := exec.Command(bin, "server", "--data-dir", data, "--http", httpAddr, "--polling", pollAddr)
-	srv.Env = append(os.Environ(), "ADMIN_USERNAME=admin", "ADMIN_PASSWORD=image-test-password", "STEVEDORE_REGISTRATION_TOKEN="+token, "MASTER_KEY=")
-	serverLog := filepath.Join(t.TempDir(), "server.log")
-	f, err := os.Create(serverLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	srv.Stdout, srv.Stderr = f, f
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		srv.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(serverLog)
-			t.Logf("server log:\n%s", b)
-		}
-	})
+	hs := startHostServer(t, bin, token)
 
 	// The host's engine mounts workspaces from the state dir's host path.
 	state := t.TempDir()
@@ -73,10 +48,10 @@ func TestAgentImage(t *testing.T) {
 	docker(t, "run", "-d", "--name", name, "--network", "host",
 		"-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", state+":"+state, "-e", "STEVEDORE_STATE_DIR="+state,
 		"-e", "STEVEDORE_REGISTRATION_TOKEN="+token, tag,
-		"--server", pollAddr, "--server-thumbprint", strings.TrimSpace(string(thumbprint)),
-		"--register", "http://"+httpAddr, "--pool", "agent-image", "--name", name)
+		"--server", hs.polling, "--server-thumbprint", hs.thumbprint,
+		"--register", "http://"+hs.http, "--pool", "agent-image", "--name", name)
 
-	s := server{name: name, base: "http://" + httpAddr, pool: "agent-image"}
+	s := server{name: name, base: "http://" + hs.http, pool: "agent-image"}
 	s.runSteps(t, bin, []stepCase{
 		{"host step in the agent's container", []string{"--queue-timeout", "2m", "--script", `. /etc/os-release; echo "host step on $ID $VERSION_ID in $(cat /proc/1/comm)"`}, 0, "host step on debian 12 in tini"},
 		// The engine mounts the workspace and the staged bundle from the
@@ -97,6 +72,44 @@ func TestAgentImage(t *testing.T) {
 		}
 		t.Logf("drained in %s", time.Since(begin).Round(10*time.Millisecond))
 	})
+}
+
+// hostServer is a server the test runs on the host's loopback.
+type hostServer struct {
+	http, polling, thumbprint string
+}
+
+// startHostServer runs `stevedore server` on loopback with the image
+// tests' admin and the registration token; it ends with the test.
+func startHostServer(t *testing.T, bin, token string) hostServer {
+	t.Helper()
+	data := t.TempDir()
+	thumbprint, err := exec.Command(bin, "cert", "--state-dir", data).Output()
+	if err != nil {
+		t.Fatalf("stevedore cert: %v", err)
+	}
+	hs := hostServer{http: loopbackPort(t), polling: loopbackPort(t), thumbprint: strings.TrimSpace(string(thumbprint))}
+	srv := exec.Command(bin, "server", "--data-dir", data, "--http", hs.http, "--polling", hs.polling)
+	srv.Env = append(os.Environ(), "ADMIN_USERNAME=admin", "ADMIN_PASSWORD=image-test-password", "STEVEDORE_REGISTRATION_TOKEN="+token, "MASTER_KEY=")
+	serverLog := filepath.Join(t.TempDir(), "server.log")
+	f, err := os.Create(serverLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv.Stdout, srv.Stderr = f, f
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Process.Kill()
+		srv.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(serverLog)
+			t.Logf("server log:\n%s", b)
+		}
+	})
+	return hs
 }
 
 // loopbackPort returns a loopback address nothing listens on now.

@@ -478,19 +478,32 @@ func missingCaps() ([]string, error) {
 
 // relayRegistry makes the local registry (on the host's loopback) reachable
 // at the same address on the container's own loopback, where the inner
-// engine pulls from: a listener opened in the container's network namespace
-// whose connections are relayed, byte for byte, to the registry on the
-// host's. The registry, its credentials and its TLS-less loopback address
-// are the real ones; only the TCP path is longer.
+// engine pulls from. The registry, its credentials and its TLS-less
+// loopback address are the real ones; only the TCP path is longer.
 func relayRegistry(t *testing.T, container string) {
+	t.Helper()
+	relay(t, container, testenv.Registry)
+}
+
+// relay makes each of addrs, on the host's loopback, reachable at the same
+// address in the container's network namespace: a listener opened there
+// whose connections are relayed, byte for byte, to addr on the host's.
+func relay(t *testing.T, container string, addrs ...string) {
 	t.Helper()
 	pid, err := strconv.Atoi(docker(t, "inspect", "-f", "{{.State.Pid}}", container))
 	if err != nil || pid == 0 {
-		t.Fatalf("the server container has no process: %v", err)
+		t.Fatalf("the container %s has no process: %v", container, err)
 	}
-	lis, err := listenInNetns(pid, testenv.Registry)
+	for _, addr := range addrs {
+		relayOne(t, pid, addr)
+	}
+}
+
+func relayOne(t *testing.T, pid int, addr string) {
+	t.Helper()
+	lis, err := listenInNetns(pid, addr)
 	if err != nil {
-		t.Fatalf("relay to the registry: %v", err)
+		t.Fatalf("relay to %s: %v", addr, err)
 	}
 	var (
 		mu    sync.Mutex
@@ -510,7 +523,7 @@ func relayRegistry(t *testing.T, container string) {
 			if err != nil {
 				return
 			}
-			out, err := net.Dial("tcp", testenv.Registry)
+			out, err := net.Dial("tcp", addr)
 			if err != nil {
 				in.Close()
 				continue
