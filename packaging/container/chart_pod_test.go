@@ -111,7 +111,7 @@ func TestChartPoolPodDockerInDocker(t *testing.T) {
 	hs := startHostServer(t, bin, token)
 	engine, agent := renderPool(t, "server.enabled=false", "workerPool.enabled=true", "workerPool.pools={chart-pod}",
 		"workerPool.serverAddress="+hs.polling, "workerPool.registerURL=http://"+hs.http, "server.thumbprint="+hs.thumbprint,
-		"workerPool.metricsPort=0")
+		"server.registrationToken.existingSecret=registration", "workerPool.metricsPort=0")
 
 	// The pod's emptyDirs. The engine's data root is a volume of the
 	// engine's own, as overlay2 needs; the others are shared directories.

@@ -522,6 +522,8 @@ func TestChartRefuses(t *testing.T) {
 		{"a pool without the server's thumbprint", []string{"workerPool.enabled=true", "server.identity.existingSecret=id"}, "workerPool needs server.thumbprint"},
 		{"a pool without the server's identity", []string{"workerPool.enabled=true", "server.thumbprint=" + thumbprint}, "server.identity.existingSecret"},
 		{"a pool without a server", append(slices.Clone(poolValues), "server.enabled=false"), "workerPool.serverAddress"},
+		{"a pool of another server without its token", append(slices.Clone(poolValues), "server.enabled=false", "workerPool.serverAddress=ci:10943",
+			"workerPool.registerURL=http://ci:8080"), "server.registrationToken.existingSecret or .value"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -160,6 +160,9 @@ A value kept across upgrades: the one in the chart's Secret in the cluster
 {{- if and (not $s.enabled) (not (and $p.serverAddress $p.registerURL)) }}
 {{- fail "workerPool without this chart's server needs workerPool.serverAddress (host:10943) and workerPool.registerURL (http(s)://host:8080)" }}
 {{- end }}
+{{- if and (not $s.enabled) (not (or $s.registrationToken.existingSecret $s.registrationToken.value)) }}
+{{- fail "workerPool without this chart's server needs the server's registration token: server.registrationToken.existingSecret or .value (a generated one would match no server)" }}
+{{- end }}
 {{- if not $p.pools }}
 {{- fail "workerPool.pools: name at least one pool, which steps are submitted to" }}
 {{- end }}
