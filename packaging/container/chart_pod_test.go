@@ -36,6 +36,7 @@ type podContainer struct {
 	VolumeMounts []struct {
 		Name      string `yaml:"name"`
 		MountPath string `yaml:"mountPath"`
+		SubPath   string `yaml:"subPath"`
 	} `yaml:"volumeMounts"`
 	StartupProbe struct {
 		Exec struct {
@@ -51,9 +52,15 @@ type podContainer struct {
 	} `yaml:"lifecycle"`
 }
 
-// renderPool renders the chart's worker pool alone (helm template, with
-// the helm `make setup` builds) and returns its engine sidecar and agent.
-func renderPool(t *testing.T, set ...string) (engine, agent podContainer) {
+// podSpec is what this test runs of a rendered pod.
+type podSpec struct {
+	InitContainers []podContainer `yaml:"initContainers"`
+	Containers     []podContainer `yaml:"containers"`
+}
+
+// render renders one of the chart's Deployments alone (helm template, with
+// the helm `make setup` builds) and returns its pod.
+func render(t *testing.T, template string, set ...string) podSpec {
 	t.Helper()
 	where, err := exec.Command("bash", "../../scripts/helm.sh", "--where").Output()
 	helm := strings.TrimSpace(string(where))
@@ -63,7 +70,7 @@ func renderPool(t *testing.T, set ...string) (engine, agent podContainer) {
 	if err != nil {
 		testenv.Unavailable(t, "helm (run `make setup`, which builds it with scripts/helm.sh): %v", err)
 	}
-	args := []string{"template", "t", "../helm/stevedore", "--kube-version", "1.29.0", "--show-only", "templates/pool-deployment.yaml"}
+	args := []string{"template", "t", "../helm/stevedore", "--kube-version", "1.29.0", "--show-only", "templates/" + template}
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
@@ -77,22 +84,48 @@ func renderPool(t *testing.T, set ...string) (engine, agent podContainer) {
 	var d struct {
 		Spec struct {
 			Template struct {
-				Spec struct {
-					InitContainers []podContainer `yaml:"initContainers"`
-					Containers     []podContainer `yaml:"containers"`
-				} `yaml:"spec"`
+				Spec podSpec `yaml:"spec"`
 			} `yaml:"template"`
 		} `yaml:"spec"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(out))
 	if err := dec.Decode(&d); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatalf("the rendered pool: %v\n%s", err, out)
+		t.Fatalf("the rendered %s: %v\n%s", template, err, out)
 	}
-	spec := d.Spec.Template.Spec
+	return d.Spec.Template.Spec
+}
+
+// renderPool returns the rendered pool's engine sidecar and agent.
+func renderPool(t *testing.T, set ...string) (engine, agent podContainer) {
+	t.Helper()
+	spec := render(t, "pool-deployment.yaml", set...)
 	if len(spec.InitContainers) != 1 || len(spec.Containers) != 1 {
-		t.Fatalf("want one engine sidecar and one agent, rendered:\n%s", out)
+		t.Fatalf("want one engine sidecar and one agent, rendered %+v", spec)
 	}
 	return spec.InitContainers[0], spec.Containers[0]
+}
+
+// envOpts are docker run's -e options for c's rendered environment, the
+// Secrets' values from secrets by key.
+func envOpts(t *testing.T, c podContainer, podName string, secrets map[string]string) []string {
+	t.Helper()
+	var opts []string
+	for _, e := range c.Env {
+		v := e.Value
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name":
+			v = podName
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			var ok bool
+			if v, ok = secrets[e.ValueFrom.SecretKeyRef.Key]; !ok {
+				t.Fatalf("env %s: no value for the Secret key %s", e.Name, e.ValueFrom.SecretKeyRef.Key)
+			}
+		case e.ValueFrom != nil:
+			t.Fatalf("env %s: a source this test does not provide", e.Name)
+		}
+		opts = append(opts, "-e", e.Name+"="+v)
+	}
+	return opts
 }
 
 // The chart's Docker in Docker pool pod, run as a pod would run it: its
@@ -173,18 +206,7 @@ func TestChartPoolPodDockerInDocker(t *testing.T) {
 	// The agent, in the engine's network namespace as in a pod.
 	run = []string{"run", "-d", "--name", agentName, "--network", "container:" + engineName}
 	run = append(run, mounts(agent)...)
-	for _, e := range agent.Env {
-		v := e.Value
-		switch {
-		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name":
-			v = agentName
-		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Key == "STEVEDORE_REGISTRATION_TOKEN":
-			v = token
-		case e.ValueFrom != nil:
-			t.Fatalf("env %s: a source this test does not provide", e.Name)
-		}
-		run = append(run, "-e", e.Name+"="+v)
-	}
+	run = append(run, envOpts(t, agent, agentName, map[string]string{"STEVEDORE_REGISTRATION_TOKEN": token})...)
 	run = append(run, "--entrypoint", agent.Command[0], agentTag)
 	run = append(append(run, agent.Command[1:]...), agent.Args...)
 	docker(t, run...)
@@ -206,5 +228,61 @@ func TestChartPoolPodDockerInDocker(t *testing.T) {
 		if logs, _ := exec.Command("docker", "logs", agentName).CombinedOutput(); !bytes.Contains(logs, []byte("drained; exiting")) {
 			t.Errorf("the agent did not drain (preStop: %v %s)", execErr, out)
 		}
+	})
+}
+
+// The chart's server pod, run as a pod runs it: the server's image with the
+// rendered command, arguments and environment (the Secrets' values given
+// here), the data dir and the identity Secret's files mounted where the
+// chart mounts them, and the built-in worker without an engine. It answers
+// its probe's GET /healthz, presents the identity the Secret holds (whose
+// thumbprint the pool pins), prints the master key from its Secret for the
+// backup, and runs a host step on its built-in worker.
+func TestChartServerPod(t *testing.T) {
+	tag := serverImage(t)
+	bin := testenv.Binary(t)
+	ids := t.TempDir()
+	thumbprint, err := exec.Command(bin, "cert", "--state-dir", ids).Output()
+	if err != nil {
+		t.Fatalf("stevedore cert: %v", err)
+	}
+	spec := render(t, "server-deployment.yaml", "server.identity.existingSecret=server-identity",
+		"server.builtinWorker.enabled=true", "server.builtinWorker.engine=none")
+	c := spec.Containers[0]
+	const masterKey = "Y2hhcnQtc2VydmVyLXBvZA==" // chart-server-pod
+	data, dataDir := t.TempDir(), ""
+	var opts []string
+	for _, m := range c.VolumeMounts {
+		switch m.Name {
+		case "data":
+			dataDir = m.MountPath
+			opts = append(opts, "-v", data+":"+m.MountPath)
+		case "identity":
+			opts = append(opts, "-v", ids+"/"+m.SubPath+":"+m.MountPath+":ro")
+		default:
+			t.Fatalf("volume %s: not one this test provides", m.Name)
+		}
+	}
+	opts = append(opts, envOpts(t, c, "", map[string]string{"MASTER_KEY": masterKey, "ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "image-test-password"})...)
+	opts = append(opts, "--entrypoint", c.Command[0])
+	s := startServer(t, tag, opts, append(c.Command[1:], c.Args...)...)
+	s.waitAPI(t)
+
+	// Their stdout alone: the one line each prints there.
+	stdout := func(args ...string) string {
+		out, err := exec.Command("docker", append([]string{"exec", s.name}, args...)...).Output()
+		if err != nil {
+			t.Errorf("docker exec %s: %v", strings.Join(args, " "), err)
+		}
+		return string(out)
+	}
+	if got := stdout("stevedore", "cert", "--state-dir", dataDir); got != string(thumbprint) {
+		t.Errorf("the server's thumbprint %q; want the Secret's identity's %q", got, thumbprint)
+	}
+	if got := stdout("stevedore", "server", "show-master-key"); got != masterKey+"\n" {
+		t.Errorf("show-master-key in the pod: %q; want %q", got, masterKey)
+	}
+	s.runSteps(t, bin, []stepCase{
+		{"host step on the built-in worker", []string{"--script", `echo "host step with DISABLE_DIND=$DISABLE_DIND"`}, 0, "host step with DISABLE_DIND=Y"},
 	})
 }
