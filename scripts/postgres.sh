@@ -100,7 +100,14 @@ start_cluster() {
 		$SUDO pg_createcluster "$v" "$CLUSTER" >/dev/null
 	fi
 	if [ "$(cat "$conf" 2>/dev/null)" != "$(conf_text)" ]; then
+		$SUDO mkdir -p "$(dirname "$conf")"
 		conf_text | $SUDO tee "$conf" >/dev/null
+		changed=1
+	fi
+	# Debian's clusters include conf.d; one made without it is told to.
+	local main=/etc/postgresql/$v/$CLUSTER/postgresql.conf
+	if ! grep -Eq "^[[:space:]]*include_dir[[:space:]]*=?[[:space:]]*'conf\.d'" "$main"; then
+		echo "include_dir = 'conf.d'" | $SUDO tee -a "$main" >/dev/null
 		changed=1
 	fi
 	# Password logins from loopback, which Debian's pg_hba.conf allows
