@@ -116,6 +116,10 @@ func checkOrder(ms []Migration) error {
 // start-up at once: an advisory lock runs them one at a time, and the
 // later ones find nothing to do. A database already newer than this binary
 // is refused with a *SchemaTooNewError (ErrSchemaTooNew), untouched.
+//
+// The URL's role needs to create tables in the database's public schema:
+// since PostgreSQL 15 only the database's owner may, so the server's role
+// should own its database.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) (applied int, err error) {
 	ms, err := embedded()
 	if err != nil {
