@@ -121,6 +121,9 @@ STEVEDORE_DEV_DIR=$DEV_DIR "$here/fixtures.sh"
 # The glibc sysroot `make build` links the step runner against, made here
 # too so that a fresh machine pays for it once, in set-up.
 STEVEDORE_DEV_DIR=$DEV_DIR "$here/sysroot.sh" >/dev/null
+# PostgreSQL for the server's tests: its package, a cluster on the socket
+# and 127.0.0.1 only, the test role and database (scripts/postgres.sh).
+"$here/postgres.sh"
 # helm, for the chart's `helm lint` and `helm template` test: built once
 # with go install through the module proxy (scripts/helm.sh; about 3.5 min
 # on 2 cores with cold caches), skipped when that version is there.
