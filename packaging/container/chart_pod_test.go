@@ -68,7 +68,7 @@ func render(t *testing.T, template string, set ...string) podSpec {
 		_, err = os.Stat(helm)
 	}
 	if err != nil {
-		testenv.Unavailable(t, "helm (run `make setup`, which builds it with scripts/helm.sh): %v", err)
+		testenv.Unavailable(t, "helm, which scripts/helm.sh builds: %v", err)
 	}
 	args := []string{"template", "t", "../helm/stevedore", "--kube-version", "1.29.0", "--show-only", "templates/" + template}
 	for _, s := range set {

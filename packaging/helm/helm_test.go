@@ -46,7 +46,7 @@ func helm(t *testing.T) string {
 	t.Helper()
 	path, err := helmOnce()
 	if err != nil {
-		testenv.Unavailable(t, "helm (run `make setup`, which builds it with scripts/helm.sh): %v", err)
+		testenv.Unavailable(t, "helm, which scripts/helm.sh builds: %v", err)
 	}
 	return path
 }
