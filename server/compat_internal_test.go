@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	pb "stevedore/proto/stevedore/v1"
@@ -18,8 +17,9 @@ import (
 
 // compatDir holds a server.db written by the server before its state went
 // behind the store interface (testdata/compat-v1/README), so that data dirs
-// of that time are proved to keep working. It is never rewritten by later
-// code: that would prove nothing.
+// of that time are proved to keep working. TestWriteCompatFixture wrote it
+// with the code of commit fd748a2 and is gone since: later code writing it
+// again would prove nothing.
 const compatDir = "testdata/compat-v1"
 
 // The fixture's master key (base64 of "stevedore-fixtur") and admin password.
@@ -42,89 +42,6 @@ func compatStep(body string) *pb.StartStepRequest {
 	return &pb.StartStepRequest{Execution: &pb.Execution{Target: &pb.Execution_Host{Host: &pb.HostExecution{}}},
 		Script:    &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: body},
 		Variables: []*pb.Variable{{Name: "TOKEN", Value: "fixture-secret", Sensitive: true}}}
-}
-
-// TestWriteCompatFixture wrote testdata/compat-v1 once, with the code of
-// its commit; STEVEDORE_WRITE_COMPAT_FIXTURE=1 runs it.
-func TestWriteCompatFixture(t *testing.T) {
-	if os.Getenv("STEVEDORE_WRITE_COMPAT_FIXTURE") != "1" {
-		t.Skip("writes the compatibility fixture only when asked")
-	}
-	dir := t.TempDir()
-	s, err := New(Config{DataDir: dir, Identity: compatIdentity(t), MasterKey: compatMasterKey, AdminUsername: "admin", AdminPassword: compatPassword, Logger: hclog.NewNullLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	facts := compatFacts{Steps: map[string]string{}}
-	k, err := s.CreateAPIKey("ci", RoleSubmitter, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	facts.APIKey, facts.APIKeyID = k.Key, k.ID
-	if _, err := s.Trust(compatTrusted); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.RegisterListening("listener", "127.0.0.1:1", compatListener); err != nil {
-		t.Fatal(err)
-	}
-	// A polling worker is recorded when it connects; this one went away.
-	poller := newWorker(WorkerRecord{Name: "poller", Thumbprint: compatTrusted, Pools: []string{"linux"}, Labels: map[string]string{"zone": "a"}})
-	b, _ := json.Marshal(poller.rec)
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Put([]byte("poller"), b) }); err != nil {
-		t.Fatal(err)
-	}
-	facts.LeftAt = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	s.setLeft("poller", facts.LeftAt)
-
-	submit := func(role, key string, labels map[string]string) StepRecord {
-		rec, err := s.Submit(SubmitRequest{Pool: "linux", Labels: labels, Key: key, Step: compatStep("echo " + role), SubmittedBy: "key:ci", SubmitterKey: k.ID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		facts.Steps[role] = rec.ID
-		time.Sleep(time.Millisecond) // IDs are time-ordered
-		return rec
-	}
-	submit("queued1", "sub-key-1", map[string]string{"zone": "a"})
-	submit("queued2", "", nil)
-	running := submit("running", "sub-key-3", nil)
-	running.State, running.Assigned, running.StartedAt, running.Cursor = StateRunning, "poller", time.Now().UTC(), 7
-	if err := s.putStep(running); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.markCancel(running.ID); err != nil {
-		t.Fatal(err)
-	}
-	done := submit("complete", "sub-key-4", nil)
-	done.State, done.Assigned = StateRunning, "poller"
-	s.recordOutputs(&done, []*pb.OutputVariable{{Name: "PLAIN", Value: "p"}, {Name: "SECRET", Value: "s3cr3t", Sensitive: true}})
-	done.Artifacts = []Artifact{{Name: "a.txt", Path: "/w/a.txt", File: "/d/a.txt", Size: 3, SHA256: "abc"}}
-	code := int32(0)
-	s.finish(done, &code, "SUCCEEDED", "")
-	lost := submit("lost", "", nil)
-	lost.State, lost.Assigned = StateRunning, "poller"
-	s.finish(lost, nil, "LOST", "its worker went away")
-	lost, _ = s.Step(lost.ID)
-	s.abandon(lost)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	out := filepath.Join("testdata", "compat-v1")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	db, err := os.ReadFile(filepath.Join(dir, dbFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(out, dbFile), db, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fb, _ := json.MarshalIndent(facts, "", "  ")
-	if err := os.WriteFile(filepath.Join(out, "facts.json"), append(fb, '\n'), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // compatIdentity is the server's identity: the listening worker is dialed.

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // retentionEvery is how often completed steps past retention are removed;
@@ -116,36 +114,7 @@ func (s *Server) remove(old []string) (int, error) {
 	if len(old) == 0 {
 		return 0, nil
 	}
-	gone := map[string]bool{}
-	for _, id := range old {
-		gone[id] = true
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		keys := tx.Bucket(keysBucket)
-		for _, id := range old {
-			for _, b := range [][]byte{stepsBucket, queueBucket, cancelsBucket} {
-				if err := tx.Bucket(b).Delete([]byte(id)); err != nil {
-					return err
-				}
-			}
-		}
-		var stale [][]byte
-		if err := keys.ForEach(func(k, v []byte) error {
-			if gone[string(v)] {
-				stale = append(stale, append([]byte(nil), k...))
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, k := range stale {
-			if err := keys.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.db.DeleteSteps(old); err != nil {
 		return 0, err
 	}
 	// Files after the records: a crash in between leaves files no record
