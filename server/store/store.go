@@ -18,6 +18,16 @@
 // PBKDF2 hashes and API keys as SHA-256 hashes of their secrets.
 //
 // Errors are classified with the sentinels below; test with errors.Is.
+//
+// A SQL backend keeps the same promises with its own schema: the queue is
+// an index on the queued steps' IDs, CancelRequested a column read without
+// the record, the submission keys a table whose rows go with their step;
+// its migrations are versioned, run in Open, and a database of a newer
+// version is refused with ErrSchemaTooNew, as boltstore does. The
+// interface does not yet decide which of several servers on one database
+// drives a step: UpdateStep serialises writes to one record, not drivers,
+// and claiming a queued step (FOR UPDATE SKIP LOCKED) and leases will be
+// methods of their own.
 package store
 
 import (
