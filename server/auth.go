@@ -87,7 +87,11 @@ func (s *Server) ensureAdmin(username, password string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.db.CreateUser(username, c); err != nil {
+	if err := s.db.CreateUser(username, c); errors.Is(err, store.ErrConflict) {
+		// Another server on the same database created it first: theirs stand.
+		s.log.Info("admin credentials created meanwhile by another server", "username", username)
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
 	s.log.Info("admin credentials created", "username", username)

@@ -58,9 +58,13 @@ func (s *Server) logPruned(reason, limit string) func(int, error) {
 // task logs, artifacts and submission keys. Queued and running steps are
 // never pruned. Returns how many were removed.
 func (s *Server) Prune(cutoff time.Time) (int, error) {
+	done, err := s.db.ListSteps(StateComplete)
+	if err != nil {
+		return 0, err
+	}
 	var old []string
-	for _, rec := range s.Steps() {
-		if rec.State == StateComplete && !rec.FinishedAt.IsZero() && rec.FinishedAt.Before(cutoff) {
+	for _, rec := range done {
+		if !rec.FinishedAt.IsZero() && rec.FinishedAt.Before(cutoff) {
 			old = append(old, rec.ID)
 		}
 	}
@@ -77,12 +81,13 @@ func (s *Server) PruneToSize(limit int64) (int, error) {
 		finished time.Time
 		size     int64
 	}
+	complete, err := s.db.ListSteps(StateComplete)
+	if err != nil {
+		return 0, err
+	}
 	var done []kept
 	var total int64
-	for _, rec := range s.Steps() {
-		if rec.State != StateComplete {
-			continue
-		}
+	for _, rec := range complete {
 		k := kept{id: rec.ID, finished: rec.FinishedAt}
 		if fi, err := os.Stat(s.TaskLogPath(rec.ID)); err == nil {
 			k.size += fi.Size()
