@@ -96,7 +96,10 @@ type Config struct {
 	QueueTimeout time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
-	Logger                    hclog.Logger
+	// OpenStore opens the server's state; nil opens the bbolt file
+	// DATA_DIR/server.db. New calls it once; Close closes what it opened.
+	OpenStore func() (store.Store, error)
+	Logger    hclog.Logger
 }
 
 // Server is the reference server.
@@ -147,7 +150,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := boltstore.Open(filepath.Join(cfg.DataDir, dbFile))
+	if cfg.OpenStore == nil {
+		path := filepath.Join(cfg.DataDir, dbFile)
+		cfg.OpenStore = func() (store.Store, error) { return boltstore.Open(path) }
+	}
+	db, err := cfg.OpenStore()
 	if err != nil {
 		return nil, err
 	}
