@@ -5,20 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"stevedore/server/store"
 )
-
-// apiKeysBucket maps the SHA-256 of an API key's secret to the key's
-// record (APIKey, JSON): a request's key is found with one lookup.
-var apiKeysBucket = []byte("api-keys")
 
 // APIKeyPrefix begins every API key's secret, so that one is recognised in
 // a configuration or a leaked log, and is never taken for the
@@ -84,6 +78,15 @@ type APIKey struct {
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
+// stored is k as the store keeps it.
+func (k APIKey) stored() store.APIKey {
+	return store.APIKey{ID: k.ID, Name: k.Name, Role: string(k.Role), CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt, ExpiresAt: k.ExpiresAt}
+}
+
+func apiKeyOf(k store.APIKey) APIKey {
+	return APIKey{ID: k.ID, Name: k.Name, Role: Role(k.Role), CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt, ExpiresAt: k.ExpiresAt}
+}
+
 // NewAPIKey is a key just created, with its secret: the only time the
 // secret is shown.
 type NewAPIKey struct {
@@ -122,24 +125,9 @@ func (s *Server) CreateAPIKey(name string, role Role, ttl time.Duration) (NewAPI
 	// secret is 256 random bits, so there is no dictionary to try against
 	// a stolen database, and a fast hash keeps each request cheap.
 	hash := sha256.Sum256([]byte(nk.Key))
-	v, err := json.Marshal(nk.APIKey)
-	if err != nil {
-		return NewAPIKey{}, err
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(apiKeysBucket)
-		if err := b.ForEach(func(_, v []byte) error {
-			var k APIKey
-			if json.Unmarshal(v, &k) == nil && k.Name == name {
-				return ErrKeyExists
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		return b.Put(hash[:], v)
-	})
-	if err != nil {
+	if err := s.db.CreateAPIKey(hash, nk.APIKey.stored()); errors.Is(err, store.ErrConflict) {
+		return NewAPIKey{}, fmt.Errorf("api key %s: %w", name, ErrKeyExists)
+	} else if err != nil {
 		return NewAPIKey{}, fmt.Errorf("api key %s: %w", name, err)
 	}
 	s.log.Info("api key created", "key_id", nk.ID, "name", name, "role", role)
@@ -148,67 +136,49 @@ func (s *Server) CreateAPIKey(name string, role Role, ttl time.Duration) (NewAPI
 
 // APIKeys lists the keys, oldest first.
 func (s *Server) APIKeys() []APIKey {
-	out := []APIKey{}
-	s.each(apiKeysBucket, func(v []byte) error {
-		var k APIKey
-		if json.Unmarshal(v, &k) == nil {
-			out = append(out, k)
-		}
-		return nil
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	keys, err := s.db.ListAPIKeys()
+	if err != nil {
+		s.log.Warn("cannot list the api keys", "error", err)
+	}
+	out := make([]APIKey, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, apiKeyOf(k))
+	}
 	return out
 }
 
 // RevokeAPIKey deletes the key id; the next request with it is refused.
 func (s *Server) RevokeAPIKey(id string) error {
-	var hash []byte
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(apiKeysBucket)
-		if err := b.ForEach(func(h, v []byte) error {
-			var k APIKey
-			if hash == nil && json.Unmarshal(v, &k) == nil && k.ID == id {
-				hash = append([]byte(nil), h...)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if hash == nil {
-			return fmt.Errorf("%w: %s", ErrUnknownKey, id)
-		}
-		return b.Delete(hash)
-	})
-	if err != nil {
+	hash, err := s.db.DeleteAPIKey(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: %s", ErrUnknownKey, id)
+	} else if err != nil {
 		return err
 	}
 	s.auth.mu.Lock()
-	delete(s.auth.keyUsed, [32]byte(hash))
+	delete(s.auth.keyUsed, hash)
 	s.auth.mu.Unlock()
 	s.log.Info("api key revoked", "key_id", id)
 	return nil
 }
 
 // AuthenticateKey returns the key whose secret this is, and notes its use.
-// Nothing is cached: a bbolt read is a lookup in memory-mapped pages, and
-// reading the database every time is what makes a revocation take effect
-// at the very next request.
+// Nothing is cached: the lookup is one read by the hash (bbolt: in
+// memory-mapped pages), and reading the store every time is what makes a
+// revocation take effect at the very next request.
 func (s *Server) AuthenticateKey(secret string) (APIKey, error) {
 	if !strings.HasPrefix(secret, APIKeyPrefix) {
 		return APIKey{}, ErrBadKey
 	}
 	hash := sha256.Sum256([]byte(secret))
-	var k APIKey
-	found := false
-	s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(apiKeysBucket).Get(hash[:]); v != nil {
-			found = json.Unmarshal(v, &k) == nil
+	stored, err := s.db.APIKeyByHash(hash)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("cannot read an api key", "error", err)
 		}
-		return nil
-	})
-	if !found {
 		return APIKey{}, ErrBadKey
 	}
+	k := apiKeyOf(stored)
 	if !k.ExpiresAt.IsZero() && !s.clock().Before(k.ExpiresAt) {
 		return APIKey{}, fmt.Errorf("%w at %s: ask the admin for a new one", ErrKeyExpired, k.ExpiresAt.Format(time.RFC3339))
 	}
@@ -234,24 +204,7 @@ func (s *Server) noteKeyUse(hash [32]byte, k APIKey) {
 	}
 	s.auth.keyUsed[hash] = now
 	s.auth.mu.Unlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(apiKeysBucket)
-		v := b.Get(hash[:])
-		if v == nil {
-			return nil // revoked meanwhile: not brought back
-		}
-		var k APIKey
-		if err := json.Unmarshal(v, &k); err != nil {
-			return err
-		}
-		k.LastUsedAt = now.UTC()
-		v, err := json.Marshal(k)
-		if err != nil {
-			return err
-		}
-		return b.Put(hash[:], v)
-	})
-	if err != nil {
+	if err := s.db.TouchAPIKey(hash, now); err != nil {
 		s.log.Warn("cannot record an api key's use", "key_id", k.ID, "error", err)
 	}
 }

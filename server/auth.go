@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,10 +14,8 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"stevedore/server/store"
 )
-
-var usersBucket = []byte("users")
 
 // AdminPasswordFile is written in the data dir, mode 0600, when the server
 // first starts without ADMIN_PASSWORD: the generated password is in it.
@@ -33,11 +30,7 @@ const pbkdf2Iterations = 600_000
 // many requests does not pay PBKDF2 on each.
 const authCacheTTL = 5 * time.Minute
 
-type credential struct {
-	Salt       []byte `json:"salt"`
-	Hash       []byte `json:"hash"`
-	Iterations int    `json:"iterations"`
-}
+type credential = store.Credential
 
 type authCache struct {
 	mu sync.Mutex
@@ -65,12 +58,10 @@ var deriving = make(chan struct{}, max(1, runtime.NumCPU()/2))
 // otherwise "admin" with a generated password written to AdminPasswordFile.
 // Later starts keep the stored credentials.
 func (s *Server) ensureAdmin(username, password string) error {
-	var exists bool
-	s.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(usersBucket).Cursor().First()
-		exists = k != nil
-		return nil
-	})
+	exists, err := s.db.HasUsers()
+	if err != nil {
+		return fmt.Errorf("admin credentials: %w", err)
+	}
 	if exists {
 		if username != "" || password != "" {
 			s.log.Debug("admin credentials exist; ADMIN_USERNAME and ADMIN_PASSWORD only apply on the first start")
@@ -96,11 +87,11 @@ func (s *Server) ensureAdmin(username, password string) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(usersBucket).Put([]byte(username), b) }); err != nil {
+	if err := s.db.CreateUser(username, c); errors.Is(err, store.ErrConflict) {
+		// Another server on the same database created it first: theirs stand.
+		s.log.Info("admin credentials created meanwhile by another server", "username", username)
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
 	s.log.Info("admin credentials created", "username", username)
@@ -131,14 +122,11 @@ func (s *Server) Authenticate(username, password string) error {
 		return nil
 	}
 	s.auth.mu.Unlock()
-	var c credential
-	var found bool
-	s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(usersBucket).Get([]byte(username)); v != nil {
-			found = json.Unmarshal(v, &c) == nil
-		}
-		return nil
-	})
+	c, err := s.db.User(username)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("cannot read a user's credentials", "username", username, "error", err)
+	}
+	found := err == nil
 	if !found {
 		// Derive anyway, so that an unknown name takes as long as a wrong password.
 		c = credential{Salt: make([]byte, 16), Hash: make([]byte, 32), Iterations: pbkdf2Iterations}

@@ -1,20 +1,22 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"stevedore/server/store"
 )
 
 // apiBackup sends a consistent copy of the server's database (steps,
 // queue, workers, trust, users and API keys) taken while the server runs.
-// The copy is made to a file in the data dir first, within one read
-// transaction that lasts as long as the local copy: a slow client must
-// not hold a transaction open, since bbolt's writers wait for open ones
-// when the file grows. Restoring is putting the copy in a data dir as
+// The store makes the copy to a file in the data dir first (bbolt: within
+// one read transaction that lasts as long as the local copy): a slow
+// client must not hold a transaction open, since bbolt's writers wait for
+// open ones when the file grows. A store whose database has backup tools
+// of its own answers 501. Restoring is putting the copy in a data dir as
 // server.db, with the same master key (MASTER_KEY, or the master.key
 // file), since the steps are sealed with it. Task logs and artifacts are
 // plain files: copy their directories beside it.
@@ -26,7 +28,10 @@ func (s *Server) apiBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	if err := s.db.View(func(tx *bolt.Tx) error { _, err := tx.WriteTo(f); return err }); err != nil {
+	if _, err := s.db.Backup(f); errors.Is(err, store.ErrUnsupported) {
+		apiError(w, http.StatusNotImplemented, fmt.Errorf("backup: take it with the database's own tools: %w", err))
+		return
+	} else if err != nil {
 		apiError(w, http.StatusInternalServerError, fmt.Errorf("backup: %w", err))
 		return
 	}

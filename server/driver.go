@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -348,11 +347,10 @@ func (s *Server) getStatus(client pb.AgentClient, rec StepRecord, cancelSent boo
 }
 
 func (s *Server) cancelRequested(id string) bool {
-	var asked bool
-	s.db.View(func(tx *bolt.Tx) error {
-		asked = tx.Bucket(cancelsBucket).Get([]byte(id)) != nil
-		return nil
-	})
+	asked, err := s.db.CancelRequested(id)
+	if err != nil {
+		s.log.Warn("cannot read whether a step's cancel was asked for", "step", id, "error", err)
+	}
 	return asked
 }
 

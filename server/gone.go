@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -45,10 +44,7 @@ func (s *Server) requeue(rec StepRecord, label string, why error) {
 
 // abandon records that rec, ended LOST, may still be on its worker.
 func (s *Server) abandon(rec StepRecord) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(abandonedBucket).Put([]byte(rec.ID), []byte(rec.Assigned))
-	})
-	if err != nil {
+	if err := s.db.Abandon(rec.ID, rec.Assigned); err != nil {
 		s.log.Warn("cannot record an abandoned step; its worker's reaper will remove it", "step", rec.ID, "error", err)
 	}
 }
@@ -58,22 +54,17 @@ func (s *Server) abandon(rec StepRecord) {
 // unseen. A step the worker does not know is simply forgotten; one that
 // fails to end stays for the worker's next connection.
 func (s *Server) collectAbandoned(w *worker, client pb.AgentClient) {
-	var tickets []string
-	s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(abandonedBucket).ForEach(func(k, v []byte) error {
-			if string(v) == w.rec.Name {
-				tickets = append(tickets, string(k))
-			}
-			return nil
-		})
-	})
+	tickets, err := s.db.AbandonedOn(w.rec.Name)
+	if err != nil {
+		s.log.Warn("cannot read the abandoned steps of a returned worker", "worker", w.rec.Name, "error", err)
+	}
 	for _, ticket := range tickets {
 		log := s.log.With("step", ticket, "worker", w.rec.Name)
 		if err := collect(s.ctx, client, ticket); err != nil {
 			log.Warn("cannot collect an abandoned step yet", "error", err)
 			continue
 		}
-		if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(abandonedBucket).Delete([]byte(ticket)) }); err != nil {
+		if err := s.db.ForgetAbandoned(ticket); err != nil {
 			log.Warn("cannot forget an abandoned step", "error", err)
 			continue
 		}
@@ -129,12 +120,7 @@ func (s *Server) ForgetWorker(name string) error {
 		return fmt.Errorf("%w: %s (stop its agent or distrust its thumbprint first)", ErrWorkerConnected, name)
 	}
 	delete(s.workers, name)
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(leftBucket).Delete([]byte(name)); err != nil {
-			return err
-		}
-		return tx.Bucket(workersBucket).Delete([]byte(name))
-	}); err != nil {
+	if err := s.db.DeleteWorker(name); err != nil {
 		return err
 	}
 	s.log.Info("worker forgotten", "worker", name)

@@ -2,12 +2,10 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 
@@ -39,11 +37,7 @@ func (s *Server) RegisterListening(name, addr, thumbprint string) error {
 	w := newWorker(rec)
 	s.workers[name] = w
 	s.mu.Unlock()
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Put([]byte(name), b) }); err != nil {
+	if err := s.db.PutWorker(rec); err != nil {
 		return err
 	}
 	go s.keepListening(w)

@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	bolt "go.etcd.io/bbolt"
 
 	"stevedore/internal/version"
 	pb "stevedore/proto/stevedore/v1"
@@ -100,11 +99,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	// From the queue index and the drivers' counts: a scrape reads no step.
-	var queued int
-	err := c.s.db.View(func(tx *bolt.Tx) error {
-		queued = tx.Bucket(queueBucket).Stats().KeyN
-		return nil
-	})
+	queued, err := c.s.db.CountQueued()
 	if err != nil {
 		// The database is closed (shutting down): leave the queue gauge out
 		// rather than report a false 0.

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // retentionEvery is how often completed steps past retention are removed;
@@ -60,9 +58,13 @@ func (s *Server) logPruned(reason, limit string) func(int, error) {
 // task logs, artifacts and submission keys. Queued and running steps are
 // never pruned. Returns how many were removed.
 func (s *Server) Prune(cutoff time.Time) (int, error) {
+	done, err := s.db.ListSteps(StateComplete)
+	if err != nil {
+		return 0, err
+	}
 	var old []string
-	for _, rec := range s.Steps() {
-		if rec.State == StateComplete && !rec.FinishedAt.IsZero() && rec.FinishedAt.Before(cutoff) {
+	for _, rec := range done {
+		if !rec.FinishedAt.IsZero() && rec.FinishedAt.Before(cutoff) {
 			old = append(old, rec.ID)
 		}
 	}
@@ -79,12 +81,13 @@ func (s *Server) PruneToSize(limit int64) (int, error) {
 		finished time.Time
 		size     int64
 	}
+	complete, err := s.db.ListSteps(StateComplete)
+	if err != nil {
+		return 0, err
+	}
 	var done []kept
 	var total int64
-	for _, rec := range s.Steps() {
-		if rec.State != StateComplete {
-			continue
-		}
+	for _, rec := range complete {
 		k := kept{id: rec.ID, finished: rec.FinishedAt}
 		if fi, err := os.Stat(s.TaskLogPath(rec.ID)); err == nil {
 			k.size += fi.Size()
@@ -116,36 +119,7 @@ func (s *Server) remove(old []string) (int, error) {
 	if len(old) == 0 {
 		return 0, nil
 	}
-	gone := map[string]bool{}
-	for _, id := range old {
-		gone[id] = true
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		keys := tx.Bucket(keysBucket)
-		for _, id := range old {
-			for _, b := range [][]byte{stepsBucket, queueBucket, cancelsBucket} {
-				if err := tx.Bucket(b).Delete([]byte(id)); err != nil {
-					return err
-				}
-			}
-		}
-		var stale [][]byte
-		if err := keys.ForEach(func(k, v []byte) error {
-			if gone[string(v)] {
-				stale = append(stale, append([]byte(nil), k...))
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, k := range stale {
-			if err := keys.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.db.DeleteSteps(old); err != nil {
 		return 0, err
 	}
 	// Files after the records: a crash in between leaves files no record

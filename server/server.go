@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -21,11 +20,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	"stevedore/internal/seal"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/server/store"
+	"stevedore/server/store/boltstore"
 	"stevedore/transport"
 )
 
@@ -37,33 +37,11 @@ const (
 	dbFile       = "server.db"
 )
 
-var (
-	stepsBucket   = []byte("steps")
-	workersBucket = []byte("workers")
-	// queueBucket indexes the queued steps by ID (time-ordered), so that
-	// dispatch reads the queue, not every step ever kept.
-	queueBucket = []byte("queue")
-	// cancelsBucket marks the steps whose cancel was asked for, so that the
-	// driver's checks and every record write need no step decoded.
-	cancelsBucket = []byte("cancels")
-	// keysBucket maps a client's submission key to its step, so that a
-	// submission retried after a lost reply does not run the step twice.
-	keysBucket = []byte("submission-keys")
-	// abandonedBucket maps the steps ended LOST while their worker was
-	// away to that worker: when it returns they are cancelled and
-	// collected there, so nothing of them runs on unseen.
-	abandonedBucket = []byte("abandoned")
-	// leftBucket maps a worker that is not connected to when it went
-	// away (RFC 3339), so that Config.WorkerLostAfter counts from then
-	// across server restarts.
-	leftBucket = []byte("workers-left")
-)
-
 // Step states on the server.
 const (
-	StateQueued   = "queued"
-	StateRunning  = "running"
-	StateComplete = "complete"
+	StateQueued   = store.StateQueued
+	StateRunning  = store.StateRunning
+	StateComplete = store.StateComplete
 )
 
 // Errors of Submit; test with errors.Is.
@@ -76,68 +54,16 @@ var (
 	errStateChanged = errors.New("the step changed state meanwhile")
 )
 
-// StepRecord is the server's durable record of a step.
-type StepRecord struct {
-	ID     string `json:"id"`
-	Worker string `json:"worker,omitempty"` // asked for
-	Pool   string `json:"pool,omitempty"`   // or any worker of this pool
-	// Labels a worker must all have to take the step.
-	Labels map[string]string `json:"labels,omitempty"`
-	// QueueDeadline is when a step still queued ends TIMED_OUT; zero: never.
-	QueueDeadline time.Time `json:"queue_deadline,omitzero"`
-	// SubmittedBy is who submitted it: the admin's username, or "key:NAME".
-	SubmittedBy string `json:"submitted_by,omitempty"`
-	// SubmitterKey is the ID of the API key that submitted it: the one
-	// that may cancel it, besides an admin.
-	SubmitterKey string `json:"submitter_key,omitempty"`
-	// Image is a container step's image; such a step goes only to a
-	// worker whose Docker Engine is available.
-	Image string `json:"image,omitempty"`
-	// Sealed is the StartStepRequest, encrypted with the master key: it
-	// may hold sensitive values and registry passwords.
-	Sealed   []byte `json:"sealed,omitempty"`
-	State    string `json:"state"`
-	Assigned string `json:"assigned,omitempty"` // the worker running it
-	// Cursor is the last sequence stored in the task log.
-	Cursor uint64 `json:"cursor"`
-	// CancelRequested: the step is to be cancelled on its worker.
-	CancelRequested bool   `json:"cancel_requested,omitempty"`
-	Outcome         string `json:"outcome,omitempty"`
-	ExitCode        *int32 `json:"exit_code,omitempty"`
-	Signal          string `json:"signal,omitempty"`
-	Reason          string `json:"reason,omitempty"`
-	// OutputVariables has every output variable, a sensitive one's value
-	// as SensitiveMask: Server.Outputs opens them.
-	OutputVariables map[string]string `json:"output_variables,omitempty"`
-	// SensitiveOutputs names the sensitive output variables, sorted.
-	SensitiveOutputs []string `json:"sensitive_outputs,omitempty"`
-	// SealedOutputs is the JSON of the sensitive ones' names and values,
-	// encrypted with the master key.
-	SealedOutputs []byte     `json:"sealed_outputs,omitempty"`
-	Artifacts     []Artifact `json:"artifacts,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	StartedAt     time.Time  `json:"started_at,omitzero"`
-	FinishedAt    time.Time  `json:"finished_at,omitzero"`
-}
-
-// Artifact is a step's artifact, downloaded into the artifacts directory.
-type Artifact struct {
-	Name   string `json:"name"`
-	Path   string `json:"path"`
-	File   string `json:"file"`
-	Size   int64  `json:"size_bytes"`
-	SHA256 string `json:"sha256"`
-}
-
-// WorkerRecord is a worker the server knows.
-type WorkerRecord struct {
-	Name       string `json:"name"`
-	Thumbprint string `json:"thumbprint"`
-	// Address is a listening worker's; empty for a polling one.
-	Address string            `json:"address,omitempty"`
-	Pools   []string          `json:"pools,omitempty"`
-	Labels  map[string]string `json:"labels,omitempty"`
-}
+// The server's records are the store's: one type on both sides of the
+// interface, so nothing is copied field by field.
+type (
+	// StepRecord is the server's durable record of a step.
+	StepRecord = store.StepRecord
+	// Artifact is a step's artifact, downloaded into the artifacts directory.
+	Artifact = store.Artifact
+	// WorkerRecord is a worker the server knows.
+	WorkerRecord = store.WorkerRecord
+)
 
 // Config configures a Server.
 type Config struct {
@@ -170,14 +96,17 @@ type Config struct {
 	QueueTimeout time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
-	Logger                    hclog.Logger
+	// OpenStore opens the server's state; nil opens the bbolt file
+	// DATA_DIR/server.db. New calls it once; Close closes what it opened.
+	OpenStore func() (store.Store, error)
+	Logger    hclog.Logger
 }
 
 // Server is the reference server.
 type Server struct {
 	cfg  Config
 	log  hclog.Logger
-	db   *bolt.DB
+	db   store.Store
 	keys *seal.Box
 	auth authCache
 
@@ -221,37 +150,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(cfg.DataDir, dbFile), 0o600, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("open %s (is another server using this data dir?): %w", dbFile, err)
+	if cfg.OpenStore == nil {
+		path := filepath.Join(cfg.DataDir, dbFile)
+		cfg.OpenStore = func() (store.Store, error) { return boltstore.Open(path) }
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		// The queue index is rebuilt at every start: it can only agree
-		// with the steps.
-		if tx.Bucket(queueBucket) != nil {
-			if err := tx.DeleteBucket(queueBucket); err != nil {
-				return err
-			}
-		}
-		queue, err := tx.CreateBucket(queueBucket)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(stepsBucket).ForEach(func(k, v []byte) error {
-			var rec StepRecord
-			if json.Unmarshal(v, &rec) == nil && rec.State == StateQueued {
-				return queue.Put(k, nil)
-			}
-			return nil
-		})
-	})
+	db, err := cfg.OpenStore()
 	if err != nil {
-		db.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -267,17 +171,10 @@ func New(cfg Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	var workers []WorkerRecord
-	if err := s.each(workersBucket, func(v []byte) error {
-		var w WorkerRecord
-		if err := json.Unmarshal(v, &w); err != nil {
-			return err
-		}
-		workers = append(workers, w)
-		return nil
-	}); err != nil {
+	workers, err := db.ListWorkers()
+	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("workers: %w", err)
 	}
 	for _, rec := range workers {
 		w := newWorker(rec)
@@ -399,34 +296,15 @@ func (s *Server) Submit(req SubmitRequest) (StepRecord, error) {
 	}
 	rec := StepRecord{ID: id, Worker: req.Worker, Pool: req.Pool, Labels: req.Labels, QueueDeadline: deadline, SubmittedBy: req.SubmittedBy, SubmitterKey: req.SubmitterKey, Image: step.GetExecution().GetContainer().GetImage(),
 		Sealed: sealed, State: StateQueued, CreatedAt: now}
-	b, err := json.Marshal(rec)
+	rec, created, err := s.db.CreateStep(rec, req.Key)
+	if errors.Is(err, store.ErrNotFound) {
+		return StepRecord{}, fmt.Errorf("%w: submission key %q: %w", ErrUnknownStep, req.Key, err)
+	}
 	if err != nil {
 		return StepRecord{}, err
 	}
-	var existing string
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if req.Key != "" {
-			if v := tx.Bucket(keysBucket).Get([]byte(req.Key)); v != nil {
-				existing = string(v)
-				return nil
-			}
-			if err := tx.Bucket(keysBucket).Put([]byte(req.Key), []byte(id)); err != nil {
-				return err
-			}
-		}
-		if err := tx.Bucket(queueBucket).Put([]byte(id), nil); err != nil {
-			return err
-		}
-		return tx.Bucket(stepsBucket).Put([]byte(id), b)
-	})
-	if err != nil {
-		return StepRecord{}, err
-	}
-	if existing != "" {
-		if prev, ok := s.Step(existing); ok {
-			return prev, nil
-		}
-		return StepRecord{}, fmt.Errorf("%w: %s (submission key %q)", ErrUnknownStep, existing, req.Key)
+	if !created {
+		return rec, nil
 	}
 	s.log.Info("step queued", "step", id, "worker", req.Worker, "pool", req.Pool, "submitted_by", req.SubmittedBy)
 	s.metrics.submitted.Inc()
@@ -479,21 +357,16 @@ func (s *Server) Cancel(id string) (StepRecord, error) {
 // runs: its driver may have ended it, or queued it again, since it was
 // read, and that record must not be undone (errStateChanged).
 func (s *Server) markCancel(id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var cur StepRecord
-		if v := tx.Bucket(stepsBucket).Get([]byte(id)); v == nil || json.Unmarshal(v, &cur) != nil || cur.State != StateRunning {
+	_, err := s.db.UpdateStep(id, func(cur *StepRecord) error {
+		if cur.State != StateRunning {
 			return errStateChanged
 		}
 		cur.CancelRequested = true
-		b, err := json.Marshal(cur)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(cancelsBucket).Put([]byte(id), nil); err != nil {
-			return err
-		}
-		return tx.Bucket(stepsBucket).Put([]byte(id), b)
+		return nil
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		return errStateChanged
+	}
 	if err == nil {
 		s.notify(id)
 	}
@@ -522,43 +395,30 @@ func newID() string {
 
 // Step returns the record of id.
 func (s *Server) Step(id string) (StepRecord, bool) {
-	var rec StepRecord
-	found := false
-	s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(stepsBucket).Get([]byte(id)); v != nil {
-			found = json.Unmarshal(v, &rec) == nil
-		}
-		return nil
-	})
-	return rec, found
+	rec, err := s.db.Step(id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("cannot read a step", "step", id, "error", err)
+	}
+	return rec, err == nil
 }
 
 // queued returns the queued steps, oldest first.
 func (s *Server) queued() []StepRecord {
-	var out []StepRecord
-	s.db.View(func(tx *bolt.Tx) error {
-		steps := tx.Bucket(stepsBucket)
-		return tx.Bucket(queueBucket).ForEach(func(k, _ []byte) error {
-			var rec StepRecord
-			if v := steps.Get(k); v != nil && json.Unmarshal(v, &rec) == nil && rec.State == StateQueued {
-				out = append(out, rec)
-			}
-			return nil
-		})
-	})
-	return out
+	return s.steps(StateQueued)
 }
 
 // Steps returns every step, oldest first.
 func (s *Server) Steps() []StepRecord {
-	var out []StepRecord
-	s.each(stepsBucket, func(v []byte) error {
-		var rec StepRecord
-		if json.Unmarshal(v, &rec) == nil {
-			out = append(out, rec)
-		}
-		return nil
-	})
+	return s.steps("")
+}
+
+// steps returns the steps in state ("": all), oldest first; none when the
+// store cannot be read, which is logged.
+func (s *Server) steps(state string) []StepRecord {
+	out, err := s.db.ListSteps(state)
+	if err != nil {
+		s.log.Warn("cannot list steps", "state", state, "error", err)
+	}
 	return out
 }
 
@@ -614,42 +474,16 @@ func (s *Server) notify(id string) {
 	}
 }
 
+// putStep writes rec, a driver's copy of its step, over the stored one.
+// A cancel request is sticky in the store: a copy older than the request
+// does not undo it.
 func (s *Server) putStep(rec StepRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		// A cancel request is sticky: a driver's copy of the record,
-		// older than the request, does not undo it.
-		cancels := tx.Bucket(cancelsBucket)
-		if rec.CancelRequested {
-			if err := cancels.Put([]byte(rec.ID), nil); err != nil {
-				return err
-			}
-		} else if cancels.Get([]byte(rec.ID)) != nil {
-			rec.CancelRequested = true
-			if b, err = json.Marshal(rec); err != nil {
-				return err
-			}
-		}
-		if rec.State == StateQueued {
-			if err := tx.Bucket(queueBucket).Put([]byte(rec.ID), nil); err != nil {
-				return err
-			}
-		} else if err := tx.Bucket(queueBucket).Delete([]byte(rec.ID)); err != nil {
-			return err
-		}
-		return tx.Bucket(stepsBucket).Put([]byte(rec.ID), b)
+	_, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
+		*cur = rec
+		return nil
 	})
 	s.notify(rec.ID)
 	return err
-}
-
-func (s *Server) each(bucket []byte, f func([]byte) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).ForEach(func(_, v []byte) error { return f(v) })
-	})
 }
 
 // Workers lists the workers, by name.

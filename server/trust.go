@@ -1,20 +1,24 @@
 package server
 
 import (
-	bolt "go.etcd.io/bbolt"
+	"fmt"
 
 	"stevedore/transport"
 )
 
-// trustBucket holds the agent thumbprints trusted through the API; they
-// join the configured ones at every start.
-var trustBucket = []byte("trust")
-
-// loadTrust adds the stored thumbprints to the server's trust list.
+// loadTrust adds the thumbprints trusted through the API, which are
+// stored, to the configured ones in the server's trust list.
 func (s *Server) loadTrust() error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(trustBucket).ForEach(func(k, _ []byte) error { return s.cfg.Trust.Add(string(k)) })
-	})
+	tps, err := s.db.ListTrusted()
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	for _, tp := range tps {
+		if err := s.cfg.Trust.Add(tp); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Trust admits polling agents with thumbprint from now on, durably.
@@ -24,7 +28,7 @@ func (s *Server) Trust(thumbprint string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(trustBucket).Put([]byte(tp), []byte{1}) }); err != nil {
+	if err := s.db.AddTrusted(tp); err != nil {
 		return "", err
 	}
 	s.cfg.Trust.Add(tp)
@@ -41,7 +45,7 @@ func (s *Server) Distrust(thumbprint string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(trustBucket).Delete([]byte(tp)) }); err != nil {
+	if err := s.db.RemoveTrusted(tp); err != nil {
 		return err
 	}
 	s.cfg.Trust.Remove(tp)

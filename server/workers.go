@@ -3,7 +3,6 @@ package server
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	"stevedore/internal/version"
@@ -185,26 +183,17 @@ func (s *Server) setLeft(name string, at time.Time) {
 	if _, away := s.leftAt(name); at.IsZero() && !away {
 		return // the common connect: a read, not a write (and its fsync)
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if at.IsZero() {
-			return tx.Bucket(leftBucket).Delete([]byte(name))
-		}
-		return tx.Bucket(leftBucket).Put([]byte(name), []byte(at.Format(time.RFC3339Nano)))
-	})
-	if err != nil {
+	if err := s.db.SetWorkerLeft(name, at); err != nil {
 		s.log.Warn("cannot record when a worker went away", "worker", name, "error", err)
 	}
 }
 
 // leftAt is when a worker went away, if it was away when last recorded.
 func (s *Server) leftAt(name string) (time.Time, bool) {
-	var at time.Time
-	s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(leftBucket).Get([]byte(name)); v != nil {
-			at, _ = time.Parse(time.RFC3339Nano, string(v))
-		}
-		return nil
-	})
+	at, err := s.db.WorkerLeft(name)
+	if err != nil {
+		s.log.Warn("cannot read when a worker went away", "worker", name, "error", err)
+	}
 	return at, !at.IsZero()
 }
 
@@ -313,8 +302,8 @@ func (s *Server) admit(pc *transport.PollingConn) {
 		s.workers[name] = w
 	}
 	s.mu.Unlock()
-	if b, err := json.Marshal(rec); err == nil {
-		s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(workersBucket).Put([]byte(name), b) })
+	if err := s.db.PutWorker(rec); err != nil {
+		s.log.Warn("cannot record a worker", "worker", name, "error", err)
 	}
 	s.connect(w, client, pc.Done, caps)
 	s.log.Info("worker connected", "worker", name, "remote", pc.Remote, "slots", caps.GetMaxConcurrentSteps(), "pools", rec.Pools)
