@@ -28,6 +28,13 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	}
 	defer s.Close()
 	w := newWorker(WorkerRecord{Name: "w1", Pools: []string{"p"}}) // never connects
+	// The dispatcher reads the slots under the worker's lock, as these must.
+	inflight := func(delta int) int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.inflight += delta
+		return w.inflight
+	}
 	s.mu.Lock()
 	s.workers["w1"] = w
 	s.mu.Unlock()
@@ -37,7 +44,7 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As dispatch does, had the worker been up a moment before.
-	w.inflight++
+	inflight(1)
 	rec.State, rec.Assigned, rec.StartedAt = StateRunning, "w1", time.Now()
 	if err := s.putStep(rec); err != nil {
 		t.Fatal(err)
@@ -47,12 +54,12 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	if got.State != StateQueued || got.Assigned != "" || got.Outcome != "" {
 		t.Fatalf("state %q assigned %q outcome %q, want queued again", got.State, got.Assigned, got.Outcome)
 	}
-	if w.inflight != 0 {
-		t.Errorf("the worker's slot was not given back: %d in flight", w.inflight)
+	if n := inflight(0); n != 0 {
+		t.Errorf("the worker's slot was not given back: %d in flight", n)
 	}
 	// A step an earlier server process drove may have been sent: LOST.
 	got.State, got.Assigned = StateRunning, "w1"
-	w.inflight++
+	inflight(1)
 	s.drive(got, w, true)
 	if got, _ = s.Step(rec.ID); got.Outcome != "LOST" {
 		t.Fatalf("outcome %q (%s), want LOST", got.Outcome, got.Reason)
@@ -63,7 +70,7 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.inflight++
+	inflight(1)
 	rec.State, rec.Assigned = StateRunning, "w1"
 	if err := s.putStep(rec); err != nil {
 		t.Fatal(err)
@@ -72,7 +79,7 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.drive(rec, w, false)
-	if got, _ = s.Step(rec.ID); got.Outcome != "CANCELLED" || w.inflight != 0 {
-		t.Fatalf("outcome %q (%s), %d in flight; want CANCELLED and the slot back", got.Outcome, got.Reason, w.inflight)
+	if got, _ = s.Step(rec.ID); got.Outcome != "CANCELLED" || inflight(0) != 0 {
+		t.Fatalf("outcome %q (%s), %d in flight; want CANCELLED and the slot back", got.Outcome, got.Reason, inflight(0))
 	}
 }
