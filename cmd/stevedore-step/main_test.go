@@ -71,7 +71,7 @@ type step struct {
 }
 
 // newStepDir writes a step directory for s.
-func newStepDir(t *testing.T, s step) string {
+func newStepDir(t testing.TB, s step) string {
 	t.Helper()
 	dir := t.TempDir()
 	spec := stepspec.Spec{
@@ -100,7 +100,7 @@ func newStepDir(t *testing.T, s step) string {
 	return dir
 }
 
-func (s step) stdinDoc(t *testing.T) string {
+func (s step) stdinDoc(t testing.TB) string {
 	if s.stdin != nil {
 		return *s.stdin
 	}
@@ -116,7 +116,7 @@ func (s step) stdinDoc(t *testing.T) string {
 }
 
 // startRunner starts the runner on dir; the caller waits for it.
-func startRunner(t *testing.T, s step, dir string) (*exec.Cmd, *bytes.Buffer) {
+func startRunner(t testing.TB, s step, dir string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
 	cmd := exec.Command(runnerBin, "run", dir)
 	cmd.Stdin = strings.NewReader(s.stdinDoc(t))
@@ -144,14 +144,14 @@ type done struct {
 }
 
 // runStep runs s to its end.
-func runStepT(t *testing.T, s step) done {
+func runStepT(t testing.TB, s step) done {
 	t.Helper()
 	dir := newStepDir(t, s)
 	return finishRun(t, s, dir, nil)
 }
 
 // finishRun starts the runner on dir (unless cmd is given) and waits for it.
-func finishRun(t *testing.T, s step, dir string, started *exec.Cmd) done {
+func finishRun(t testing.TB, s step, dir string, started *exec.Cmd) done {
 	t.Helper()
 	start := time.Now()
 	cmd, stderr := started, new(bytes.Buffer)
@@ -169,7 +169,7 @@ func finishRun(t *testing.T, s step, dir string, started *exec.Cmd) done {
 
 // readLog reads every record of dir's output.log and checks that nothing
 // follows the last.
-func readLog(t *testing.T, dir string) ([]steplog.Record, []byte) {
+func readLog(t testing.TB, dir string) ([]steplog.Record, []byte) {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(dir, stepspec.OutputLog))
 	if err != nil {

@@ -25,25 +25,27 @@ func bashParameters(vars ...[]stepspec.Variable) (decl []byte, skipped []string)
 	n := 64
 	for _, list := range vars {
 		for _, v := range list {
-			n += len(v.Name) + len(v.Value) + 8
+			n += len(v.Name) + len(v.Value) + 28
 		}
 	}
 	var b strings.Builder
 	b.Grow(n)
-	b.WriteString("declare -gA octopus_parameters=(")
+	// One assignment a line: bash parses ten thousand of them faster than
+	// one compound assignment of ten thousand elements.
+	b.WriteString("declare -gA octopus_parameters\n")
 	for _, list := range vars {
 		for _, v := range list {
 			if v.Name == "" || strings.ContainsRune(v.Name, 0) || strings.ContainsRune(v.Value, 0) {
 				skipped = append(skipped, v.Name)
 				continue
 			}
-			b.WriteString("\n[")
+			b.WriteString("octopus_parameters[")
 			writeBashQuoted(&b, v.Name)
 			b.WriteString("]=")
 			writeBashQuoted(&b, v.Value)
+			b.WriteByte('\n')
 		}
 	}
-	b.WriteString("\n)\n")
 	return []byte(b.String()), skipped
 }
 

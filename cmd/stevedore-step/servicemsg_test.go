@@ -230,7 +230,7 @@ func TestEmitCommand(t *testing.T) {
 	}
 }
 
-func exitCode(t *testing.T, err error) int {
+func exitCode(t testing.TB, err error) int {
 	t.Helper()
 	if err == nil {
 		return 0

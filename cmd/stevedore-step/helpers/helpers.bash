@@ -9,7 +9,7 @@ if [ -n "${STEVEDORE_PARAMETERS_FD-}" ]; then
 		case "$STEVEDORE_PARAMETERS_FD" in
 		*[!0-9]*) ;;
 		*)
-			. "/proc/self/fd/$STEVEDORE_PARAMETERS_FD"
+			. "/proc/self/fd/$STEVEDORE_PARAMETERS_FD" && __stevedore_parameters=1
 			# The script's children have no use for it.
 			eval "exec $STEVEDORE_PARAMETERS_FD<&-"
 			;;
@@ -21,8 +21,10 @@ if [ -n "${STEVEDORE_PARAMETERS_FD-}" ]; then
 fi
 
 # get_octopusvariable NAME: from octopus_parameters, without a fork: the
-# value as it is, or an empty line for an unknown name.
-if declare -p octopus_parameters >/dev/null 2>&1; then
+# value as it is, or an empty line for an unknown name. (A flag rather than
+# declare -p, which would print every value to find out.)
+if [ -n "${__stevedore_parameters-}" ]; then
+	unset __stevedore_parameters
 	get_octopusvariable() {
 		if [ -n "${1-}" ] && [ -n "${octopus_parameters[$1]+set}" ]; then
 			printf '%s' "${octopus_parameters[$1]}"
