@@ -380,7 +380,9 @@ func testRoundTrip(t *testing.T, open func() store.Store) {
 		CreatedAt: t0, StartedAt: t0.Add(time.Second), FinishedAt: t0.Add(time.Hour)}
 	bare := store.StepRecord{ID: "s2", Pool: "linux", State: store.StateQueued, CreatedAt: t0}
 	for _, rec := range []store.StepRecord{full, bare} {
-		mustCreate(t, s, rec, "")
+		if made := mustCreate(t, s, rec, ""); !reflect.DeepEqual(made, rec) {
+			t.Errorf("CreateStep returned\n%+v\nwant\n%+v", made, rec)
+		}
 		got, err := s.Step(rec.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -392,6 +394,18 @@ func testRoundTrip(t *testing.T, open func() store.Store) {
 		if upd, err := s.UpdateStep(rec.ID, func(*store.StepRecord) error { return nil }); err != nil || !reflect.DeepEqual(upd, got) {
 			t.Errorf("after an empty update\n%+v, %v\nwant\n%+v", upd, err, got)
 		}
+	}
+	// Whatever a backend keeps of a time, the record it returns is the one
+	// it reads back.
+	fine := store.StepRecord{ID: "s3", Pool: "linux", State: store.StateRunning, Labels: map[string]string{},
+		CreatedAt: time.Now(), StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 123456789, time.UTC)}
+	made := mustCreate(t, s, fine, "")
+	upd, err := s.UpdateStep("s3", func(r *store.StepRecord) error { r.FinishedAt = time.Now(); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Step("s3"); !got.FinishedAt.Equal(upd.FinishedAt) || !got.CreatedAt.Equal(made.CreatedAt) || !got.StartedAt.Equal(made.StartedAt) {
+		t.Errorf("read back\n%+v\nreturned by CreateStep\n%+v\nand by UpdateStep\n%+v", got, made, upd)
 	}
 }
 

@@ -150,6 +150,32 @@ func scanStep(row pgx.Row) (store.StepRecord, error) {
 	return rec, nil
 }
 
+// normalize makes rec what reading it back gives: times UTC and to the
+// microsecond, empty maps and slices nil; so that the records CreateStep
+// and UpdateStep return are the ones written.
+func normalize(rec *store.StepRecord) {
+	for _, t := range []*time.Time{&rec.QueueDeadline, &rec.CreatedAt, &rec.StartedAt, &rec.FinishedAt} {
+		if !t.IsZero() {
+			*t = t.UTC().Truncate(time.Microsecond)
+		}
+	}
+	if len(rec.Labels) == 0 {
+		rec.Labels = nil
+	}
+	if len(rec.OutputVariables) == 0 {
+		rec.OutputVariables = nil
+	}
+	if len(rec.SensitiveOutputs) == 0 {
+		rec.SensitiveOutputs = nil
+	}
+	if len(rec.Artifacts) == 0 {
+		rec.Artifacts = nil
+	}
+	if len(rec.Sealed) == 0 {
+		rec.Sealed = nil
+	}
+}
+
 // stepArgs are rec's column values in stepColumns' order.
 func stepArgs(rec store.StepRecord) ([]any, error) {
 	if rec.Cursor > math.MaxInt64 {
@@ -200,6 +226,7 @@ const updateStep = `UPDATE steps SET worker = $2, pool = $3, labels = $4::jsonb,
 // step, the key's primary key lets one of them have it, and the other
 // finds the winner's step when it runs again.
 func (s *Store) CreateStep(rec store.StepRecord, key string) (store.StepRecord, bool, error) {
+	normalize(&rec)
 	args, err := stepArgs(rec)
 	if err != nil {
 		return store.StepRecord{}, false, err
@@ -317,6 +344,7 @@ func (s *Store) UpdateStep(id string, fn func(*store.StepRecord) error) (store.S
 		}
 		rec.ID = id
 		rec.CancelRequested = rec.CancelRequested || cancel
+		normalize(&rec)
 		args, err := stepArgs(rec)
 		if err != nil {
 			return err
