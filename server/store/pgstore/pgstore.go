@@ -147,6 +147,9 @@ func scanStep(row pgx.Row) (store.StepRecord, error) {
 	if len(rec.SensitiveOutputs) == 0 {
 		rec.SensitiveOutputs = nil
 	}
+	if len(rec.SealedOutputs) == 0 {
+		rec.SealedOutputs = nil
+	}
 	return rec, nil
 }
 
@@ -174,6 +177,9 @@ func normalize(rec *store.StepRecord) {
 	if len(rec.Sealed) == 0 {
 		rec.Sealed = nil
 	}
+	if len(rec.SealedOutputs) == 0 {
+		rec.SealedOutputs = nil
+	}
 }
 
 // stepArgs are rec's column values in stepColumns' order.
@@ -197,7 +203,7 @@ func stepArgs(rec store.StepRecord) ([]any, error) {
 	}
 	sealed := rec.Sealed
 	if sealed == nil {
-		sealed = []byte{} // NOT NULL: no request is an empty one
+		sealed = []byte{} // the column is NOT NULL: none is stored empty
 	}
 	sensitive := rec.SensitiveOutputs
 	if sensitive == nil {
