@@ -91,7 +91,7 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
-	f.StringVar(&o.db, "db", "", "keep the server's state in this PostgreSQL database, a postgres:// URL (env DB_CONNECTION_STRING; default: bbolt in DATA_DIR)")
+	f.StringVar(&o.db, "db", "", "keep the server's state in this PostgreSQL database, a postgres:// URL (env DB_CONNECTION_STRING, which keeps its password out of ps; default: bbolt in DATA_DIR)")
 	f.StringVar(&o.httpAddr, "http", ":8080", "address of the HTTP API")
 	f.BoolVar(&o.httpTLS, "http-tls", false, "serve the API over HTTPS with the server's own certificate (clients pin its thumbprint)")
 	f.StringVar(&o.httpCert, "http-cert", "", "serve the API over HTTPS with this certificate (PEM; with --http-key)")
