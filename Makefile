@@ -41,9 +41,12 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-## test: set-up, vet, gofmt, the contract's freshness and every test, against the real engine
+## test: set-up, vet, gofmt, the contract's freshness and every test, against the real engine;
+## then the server's packages again on PostgreSQL (they ran on bbolt, the default, in ./...)
+SERVER_PKGS := ./server/ ./cmd/stevedore/
 test: setup vet fmt-check proto-check
 	$(GO) test -count=1 -timeout 30m $(TESTFLAGS) ./...
+	STEVEDORE_TEST_BACKEND=postgres $(GO) test -count=1 -timeout 30m $(TESTFLAGS) $(SERVER_PKGS)
 
 ## fault: set-up, then the fault suite over real steps: the agent SIGKILLed at
 ## random across 20 steps, the Docker Engine restarted mid-step (STEVEDORE_FAULTS=1

@@ -3,10 +3,13 @@ package server_test
 import (
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"stevedore/internal/seal"
+	"stevedore/internal/testenv"
 	"stevedore/server"
 )
 
@@ -23,13 +26,25 @@ func TestBackupRestoresTheServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, db := a.do("GET", "/api/backup", nil)
-	if code != http.StatusOK || len(db) == 0 {
-		t.Fatalf("GET /api/backup: %d, %d bytes", code, len(db))
-	}
 	restored := t.TempDir()
-	if err := os.WriteFile(filepath.Join(restored, "server.db"), db, 0o600); err != nil {
-		t.Fatal(err)
+	var openRestored *server.TestBackend
+	code, db := a.do("GET", "/api/backup", nil)
+	if e.backend.URL != "" {
+		// PostgreSQL's backup is pg_dump's, as the README says: the API
+		// declines, and pg_dump's copy restores the server.
+		if code != http.StatusNotImplemented || !strings.Contains(string(db), "database's own tools") {
+			t.Fatalf("GET /api/backup on PostgreSQL: %d %s, want 501", code, db)
+		}
+		openRestored = server.NewTestBackend(t)
+		pgCopy(t, e.backend.URL, openRestored.URL)
+	} else {
+		if code != http.StatusOK || len(db) == 0 {
+			t.Fatalf("GET /api/backup: %d, %d bytes", code, len(db))
+		}
+		if err := os.WriteFile(filepath.Join(restored, "server.db"), db, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		openRestored = &server.TestBackend{Name: testenv.BackendBolt}
 	}
 	mk, err := os.ReadFile(filepath.Join(e.dir, "server", seal.MasterKeyFile))
 	if err != nil {
@@ -38,7 +53,7 @@ func TestBackupRestoresTheServer(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(restored, seal.MasterKeyFile), mk, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{DataDir: restored, Identity: e.id, Trust: e.trust, Logger: e.log})
+	srv, err := server.New(server.Config{DataDir: restored, Identity: e.id, Trust: e.trust, Logger: e.log, OpenStore: openRestored.OpenStore()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,5 +71,24 @@ func TestBackupRestoresTheServer(t *testing.T) {
 	a.token = key.Key
 	if code, _ := a.do("GET", "/api/backup", nil); code != http.StatusForbidden {
 		t.Errorf("a submitter's backup: %d, want 403", code)
+	}
+}
+
+// pgCopy copies the database at from into the empty one at to with
+// pg_dump and pg_restore, as an operator backs up and restores.
+func pgCopy(t *testing.T, from, to string) {
+	t.Helper()
+	dump := filepath.Join(t.TempDir(), "server.dump")
+	for _, args := range [][]string{
+		{"pg_dump", "--format=custom", "--no-owner", "--file", dump, "--dbname", from},
+		{"pg_restore", "--no-owner", "--exit-on-error", "--dbname", to, dump},
+	} {
+		if _, err := exec.LookPath(args[0]); err != nil {
+			testenv.Unavailable(t, "%s: %v", args[0], err)
+			return
+		}
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", args[0], err, out)
+		}
 	}
 }

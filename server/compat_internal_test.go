@@ -81,7 +81,9 @@ func openCompat(t *testing.T) (*Server, compatFacts) {
 }
 
 // A data dir written before the store interface keeps working: every kind
-// of record reads back as it was written.
+// of record reads back as it was written. bbolt only, on either test
+// backend: the fixture is a bbolt file, and no PostgreSQL database of that
+// time exists (the schema's own versions are pgdb's tests').
 func TestCompatDataDir(t *testing.T) {
 	s, facts := openCompat(t)
 	ids := facts.Steps

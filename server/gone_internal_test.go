@@ -22,7 +22,7 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	}
 	trust, _ := transport.NewTrustList()
 	s, err := New(Config{DataDir: dir, Identity: id, Trust: trust, WorkerLostAfter: 200 * time.Millisecond, AdminPassword: "x",
-		Logger: hclog.NewNullLogger()})
+		Logger: hclog.NewNullLogger(), OpenStore: NewTestBackend(t).OpenStore()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -158,7 +158,7 @@ func TestAdminCredentialsFromFirstStart(t *testing.T) {
 	e.stop()
 	var err error
 	e.srv, err = server.New(server.Config{DataDir: e.dir + "/server", Identity: e.id, Trust: e.trust, Logger: e.log,
-		AdminUsername: "other", AdminPassword: "other-password"})
+		AdminUsername: "other", AdminPassword: "other-password", OpenStore: e.backend.OpenStore()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestAdminCredentialsFromFirstStart(t *testing.T) {
 	e.srv = nil
 
 	dir := t.TempDir()
-	s, err := server.New(server.Config{DataDir: dir, Identity: e.id, Trust: e.trust, Logger: e.log})
+	s, err := server.New(server.Config{DataDir: dir, Identity: e.id, Trust: e.trust, Logger: e.log, OpenStore: server.NewTestBackend(t).OpenStore()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -98,11 +97,15 @@ func TestSensitiveOutputVariablesAreSealed(t *testing.T) {
 			noSecret(t, "GET "+c.path, b, must)
 		})
 	}
-	code, backup := admin.do("GET", "/api/backup", nil)
-	if code != http.StatusOK {
-		t.Fatalf("GET /api/backup: %d", code)
+	// PostgreSQL's backups are pg_dump's (501 here): the scan of its rows
+	// below covers what they would hold.
+	if e.backend.URL == "" {
+		code, backup := admin.do("GET", "/api/backup", nil)
+		if code != http.StatusOK {
+			t.Fatalf("GET /api/backup: %d", code)
+		}
+		noSecret(t, "the backup", backup, v.ID)
 	}
-	noSecret(t, "the backup", backup, v.ID)
 
 	want := map[string]string{"Version": "1.2.3", "Password": secretPassword, "ApiToken": secretToken}
 	outputs := []struct {
@@ -142,13 +145,10 @@ func TestSensitiveOutputVariablesAreSealed(t *testing.T) {
 	}
 	t.Run("outputs", readOutputs)
 
-	// The database on disk, with the server stopped so that all is written.
+	// The database (the file on disk, or every row), with the server
+	// stopped so that all is written.
 	e.stop()
-	db, err := os.ReadFile(filepath.Join(e.dir, "server", "server.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	noSecret(t, "server.db", db, v.ID)
+	noSecret(t, "the "+e.backend.Name+" store", e.backend.StateBytes(t, filepath.Join(e.dir, "server")), v.ID)
 	e.start("127.0.0.1:0")
 	t.Run("outputs after a restart", readOutputs)
 }

@@ -46,12 +46,15 @@ type env struct {
 	regToken string
 	// opts change the configuration of the servers start makes.
 	opts []func(*server.Config)
+	// backend keeps the state of every server start makes, restarts too.
+	backend *server.TestBackend
 }
 
 func newEnv(t testing.TB, opts ...func(*server.Config)) *env {
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
-	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}}), opts: opts}
+	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}}), opts: opts,
+		backend: server.NewTestBackend(t)}
 	e.id, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "server"))
 	e.agentID, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "agent"))
 	e.trust, _ = transport.NewTrustList(e.agentID.Thumbprint)
@@ -64,7 +67,7 @@ func (e *env) start(addr string) {
 	t := e.t
 	var err error
 	cfg := server.Config{DataDir: filepath.Join(e.dir, "server"), Identity: e.id, Trust: e.trust, Logger: e.log,
-		AdminUsername: adminUser, AdminPassword: adminPassword, RegistrationToken: e.regToken}
+		AdminUsername: adminUser, AdminPassword: adminPassword, RegistrationToken: e.regToken, OpenStore: e.backend.OpenStore()}
 	for _, o := range e.opts {
 		o(&cfg)
 	}

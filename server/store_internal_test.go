@@ -13,7 +13,8 @@ import (
 )
 
 // The server keeps its state in the store Config.OpenStore opens, not in
-// the data dir's file.
+// the data dir's file (a bbolt file elsewhere, on either test backend: it
+// is the Config's promise under test, not a backend's).
 func TestServerOnGivenStore(t *testing.T) {
 	elsewhere := filepath.Join(t.TempDir(), "state.db")
 	dir := t.TempDir()

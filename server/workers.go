@@ -169,7 +169,9 @@ func (s *Server) disconnect(w *worker, done <-chan struct{}) {
 	if gone {
 		w.client, w.done = nil, nil
 		w.connected = make(chan struct{})
-		w.downSince = time.Now().UTC()
+		// To the microsecond, the stores' resolution, so that it reads the
+		// same after a restart.
+		w.downSince = time.Now().UTC().Truncate(time.Microsecond)
 	}
 	since := w.downSince
 	w.mu.Unlock()

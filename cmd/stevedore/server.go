@@ -15,7 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"stevedore/internal/config"
+	"stevedore/internal/pgdb"
 	"stevedore/server"
+	"stevedore/server/store"
+	"stevedore/server/store/pgstore"
 	"stevedore/transport"
 )
 
@@ -24,6 +27,7 @@ const defaultDataDir = "/var/lib/stevedore-server"
 
 type serverOptions struct {
 	dataDir, httpAddr, pollingAddr, taskLogs, artifacts string
+	db                                                  string
 	log                                                 logOptions
 	httpCert, httpKey                                   string
 	httpTLS                                             bool
@@ -53,6 +57,12 @@ ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
 generated and written to DATA_DIR/admin-password. MASTER_KEY (base64 of 16
 bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
 
+The server's state (queue, steps, workers, trust, users, API keys) is a
+bbolt file in DATA_DIR, or, with --db or DB_CONNECTION_STRING
+(postgres://USER:PASSWORD@HOST:PORT/DATABASE), a PostgreSQL database, whose
+schema the server migrates at start-up; task logs and artifacts stay in
+DATA_DIR either way.
+
 The admin creates API keys (POST /api/keys {"name","role"}) for CI systems
 and dashboards, which send them as bearer tokens: role reader reads steps,
 logs, artifacts and workers; submitter also submits and cancels steps;
@@ -81,6 +91,7 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
+	f.StringVar(&o.db, "db", "", "keep the server's state in this PostgreSQL database, a postgres:// URL (env DB_CONNECTION_STRING, which keeps its password out of ps; default: bbolt in DATA_DIR)")
 	f.StringVar(&o.httpAddr, "http", ":8080", "address of the HTTP API")
 	f.BoolVar(&o.httpTLS, "http-tls", false, "serve the API over HTTPS with the server's own certificate (clients pin its thumbprint)")
 	f.StringVar(&o.httpCert, "http-cert", "", "serve the API over HTTPS with this certificate (PEM; with --http-key)")
@@ -126,10 +137,14 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	if err != nil {
 		return fmt.Errorf("--max-storage %q: want a size such as 50GiB or 20GB: %w", o.maxStorage, err)
 	}
+	openStore, where, err := storeOpener(ctx, o.db)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
-		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"),
-		TaskLogsDir:       o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Logger: log})
+		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"), OpenStore: openStore,
+		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -175,7 +190,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	}
 	go func() { errs <- hs.Serve(httpLis) }()
 	log.Info("server ready", "thumbprint", id.Thumbprint, "polling", pollLis.Addr().String(), "api", scheme+"://"+httpLis.Addr().String(),
-		"data_dir", o.dataDir, "builtin_worker", o.builtinWorker)
+		"data_dir", o.dataDir, "database", where, "builtin_worker", o.builtinWorker)
 	select {
 	case <-ctx.Done():
 		log.Info("stopping: running steps go on on their workers and are resumed at the next start")
@@ -188,4 +203,30 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	defer cancel()
 	hs.Shutdown(sctx)
 	return nil
+}
+
+// storeOpener chooses the server's store: PostgreSQL for a --db (or
+// DB_CONNECTION_STRING) URL, else nil, the bbolt file in the data dir. It
+// says where for the log, never with the password. A URL that is not one
+// fails here, before anything starts; an unreachable database fails
+// server.New, which opens it.
+func storeOpener(ctx context.Context, url string) (open func() (store.Store, error), where string, err error) {
+	if url == "" {
+		url = os.Getenv("DB_CONNECTION_STRING")
+	}
+	if url == "" {
+		return nil, "bbolt in the data dir", nil
+	}
+	cfg, err := pgdb.Config(url)
+	if err != nil {
+		return nil, "", fmt.Errorf("--db (DB_CONNECTION_STRING): %w", err)
+	}
+	where = "postgres " + pgdb.Describe(cfg)
+	return func() (store.Store, error) {
+		s, err := pgstore.Open(ctx, url)
+		if err != nil {
+			return nil, fmt.Errorf("database (--db, DB_CONNECTION_STRING): %w", err)
+		}
+		return s, nil
+	}, where, nil
 }

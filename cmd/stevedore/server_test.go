@@ -128,6 +128,11 @@ func newServerSetup(t *testing.T, extra ...string) *serverSetup {
 	}
 	s.thumbprint = thumbprint(t, s.dataDir)
 	s.args = append([]string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling, "--log-level", "debug"}, extra...)
+	// STEVEDORE_TEST_BACKEND=postgres: every start of this server, a
+	// restart too, keeps its state in the same database of the test's own.
+	if testenv.Backend(t) == testenv.BackendPostgres {
+		s.args = append(s.args, "--db", testenv.Postgres(t))
+	}
 	return s
 }
 

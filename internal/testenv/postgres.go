@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -83,8 +85,7 @@ func Postgres(t testing.TB) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		// FORCE: a connection the test left open does not keep it.
-		if _, err := pool.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		if err := dropDatabase(ctx, pool, name); err != nil {
 			t.Errorf("drop test database %s: %v", name, err)
 		}
 	})
@@ -94,6 +95,29 @@ func Postgres(t testing.TB) string {
 	}
 	u.Path = "/" + name
 	return u.String()
+}
+
+// codeInsufficientPrivilege is the SQLSTATE of a DROP … WITH (FORCE) that
+// met a process it may not end: an autovacuum worker on the database,
+// which has no role the test role is a member of.
+const codeInsufficientPrivilege = "42501"
+
+// dropDatabase drops database name. FORCE: a connection the test left open
+// does not keep it. An autovacuum worker busy on it (tests that update
+// rows often wake one) makes FORCE fail; it is soon done, so the drop is
+// tried again.
+func dropDatabase(ctx context.Context, pool *pgxpool.Pool, name string) error {
+	for {
+		_, err := pool.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != codeInsufficientPrivilege {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // dropStale drops the test databases of test processes killed before
@@ -113,6 +137,6 @@ func dropStale(ctx context.Context, pool *pgxpool.Pool) {
 		if err != nil || time.Since(time.Unix(created, 0)) < staleTestDB {
 			continue
 		}
-		pool.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		dropDatabase(ctx, pool, name)
 	}
 }

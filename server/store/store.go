@@ -1,7 +1,7 @@
 // Package store is the server's durable state behind one narrow interface:
 // steps and their queue, workers, trust, users, API keys. The server speaks
 // only to Store; each backend lives in a package of its own (boltstore, the
-// embedded default; a PostgreSQL one next), so that the server's package
+// embedded default; pgstore, on PostgreSQL), so that the server's package
 // does not import any database driver and a backend's tests need no server.
 //
 // The interface has the operations the server needs, not a key-value API:
@@ -18,6 +18,9 @@
 // PBKDF2 hashes and API keys as SHA-256 hashes of their secrets.
 //
 // Errors are classified with the sentinels below; test with errors.Is.
+//
+// Times are kept to the microsecond (PostgreSQL's resolution), the zero
+// time as none; a record's nil and empty maps and slices read back nil.
 //
 // A SQL backend keeps the same promises with its own schema: the queue is
 // an index on the queued steps' IDs, CancelRequested a column read without

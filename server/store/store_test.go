@@ -2,17 +2,21 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"stevedore/internal/testenv"
 	"stevedore/server/store"
 	"stevedore/server/store/boltstore"
+	"stevedore/server/store/pgstore"
 )
 
 // backend opens a fresh database for one test; each call of the opener it
@@ -28,6 +32,23 @@ type backend struct {
 func backends() []backend {
 	return []backend{
 		{"bolt", openBolt},
+		{"postgres", openPostgres},
+	}
+}
+
+// openPostgres: a database of the test's own; it fails the test in CI
+// when PostgreSQL is missing.
+func openPostgres(t *testing.T) func() store.Store {
+	url := testenv.Postgres(t)
+	return func() store.Store {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := pgstore.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
 	}
 }
 
@@ -57,6 +78,7 @@ var conformance = []struct {
 	{"CancelSticky", testCancelSticky},
 	{"QueueOrder", testQueueOrder},
 	{"Reopen", testReopen},
+	{"RoundTrip", testRoundTrip},
 	{"DeleteSteps", testDeleteSteps},
 	{"Abandoned", testAbandoned},
 	{"Workers", testWorkers},
@@ -345,6 +367,48 @@ func testReopen(t *testing.T, open func() store.Store) {
 	}
 }
 
+// Every field of a record reads back as written, and an unset one as unset.
+func testRoundTrip(t *testing.T, open func() store.Store) {
+	s := open()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 123456000, time.UTC)
+	code := int32(-1)
+	full := store.StepRecord{ID: "s1", Worker: "w1", Pool: "linux", Labels: map[string]string{"zone": "a", "gpu": "1"},
+		QueueDeadline: t0.Add(time.Minute), SubmittedBy: "key:ci", SubmitterKey: "k1", Image: "debian:bookworm",
+		Sealed: []byte{0, 1, 0xff}, State: store.StateComplete, Assigned: "w1", Cursor: 1 << 40, CancelRequested: true,
+		Outcome: "FAILED", ExitCode: &code, Signal: "SIGKILL", Reason: "why", OutputVariables: map[string]string{"a": "1", "s": "********"},
+		SensitiveOutputs: []string{"s"}, SealedOutputs: []byte{9, 8}, Artifacts: []store.Artifact{{Name: "b", Path: "/b", File: "b", Size: 2, SHA256: "x"}, {Name: "a", Size: 1}},
+		CreatedAt: t0, StartedAt: t0.Add(time.Second), FinishedAt: t0.Add(time.Hour)}
+	bare := store.StepRecord{ID: "s2", Pool: "linux", State: store.StateQueued, CreatedAt: t0}
+	for _, rec := range []store.StepRecord{full, bare} {
+		if made := mustCreate(t, s, rec, ""); !reflect.DeepEqual(made, rec) {
+			t.Errorf("CreateStep returned\n%+v\nwant\n%+v", made, rec)
+		}
+		got, err := s.Step(rec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, rec) {
+			t.Errorf("read back\n%+v\nwant\n%+v", got, rec)
+		}
+		// An update that changes nothing changes nothing.
+		if upd, err := s.UpdateStep(rec.ID, func(*store.StepRecord) error { return nil }); err != nil || !reflect.DeepEqual(upd, got) {
+			t.Errorf("after an empty update\n%+v, %v\nwant\n%+v", upd, err, got)
+		}
+	}
+	// Whatever a backend keeps of a time, the record it returns is the one
+	// it reads back.
+	fine := store.StepRecord{ID: "s3", Pool: "linux", State: store.StateRunning, Labels: map[string]string{},
+		CreatedAt: time.Now(), StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 123456789, time.UTC)}
+	made := mustCreate(t, s, fine, "")
+	upd, err := s.UpdateStep("s3", func(r *store.StepRecord) error { r.FinishedAt = time.Now(); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Step("s3"); !got.FinishedAt.Equal(upd.FinishedAt) || !got.CreatedAt.Equal(made.CreatedAt) || !got.StartedAt.Equal(made.StartedAt) {
+		t.Errorf("read back\n%+v\nreturned by CreateStep\n%+v\nand by UpdateStep\n%+v", got, made, upd)
+	}
+}
+
 func testDeleteSteps(t *testing.T, open func() store.Store) {
 	s := open()
 	mustCreate(t, s, step("s1", store.StateComplete), "k1")
@@ -425,7 +489,8 @@ func testWorkers(t *testing.T, open func() store.Store) {
 		!slices.Equal(ws[1].Pools, []string{"linux", "gpu"}) || ws[1].Labels != nil {
 		t.Errorf("workers %+v, %v", ws, err)
 	}
-	at := time.Date(2026, 12, 1, 10, 11, 12, 123456789, time.UTC)
+	// Times are kept to the microsecond, PostgreSQL's resolution.
+	at := time.Date(2026, 12, 1, 10, 11, 12, 123456000, time.UTC)
 	if err := s.SetWorkerLeft("w2", at); err != nil {
 		t.Fatal(err)
 	}
