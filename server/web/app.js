@@ -302,12 +302,20 @@
     main.append(
       h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '/steps' }, 'Steps'), ' / ', h('span', { class: 'mono' }, id)),
       head, errEl, details, outputs, logSection, dialog);
+    const badgeBox = h('span', { class: 'badges' });
+    head.append(h('h1', { class: 'mono' }, id), badgeBox, cancelBtn);
+    let lastBadges = '';
     let lastState = '';
     let lastOutputs = '';
 
     function show(s) {
-      head.replaceChildren(...[h('h1', { class: 'mono' }, s.id), stepBadge(s),
-        s.cancel_requested && s.state !== 'complete' ? badge('cancelling', 'cancelling') : null, cancelBtn].filter(Boolean));
+      // Only what changed is replaced: a button replaced under a pointer
+      // (or a screen reader's focus) would lose the click.
+      const badges = [s.state, s.outcome, s.cancel_requested].join();
+      if (badges !== lastBadges) {
+        lastBadges = badges;
+        badgeBox.replaceChildren(...[stepBadge(s), s.cancel_requested && s.state !== 'complete' ? badge('cancelling', 'cancelling') : null].filter(Boolean));
+      }
       cancelBtn.hidden = !mayCancel(s);
       const rows = [
         ['State', s.state], ['Outcome', s.outcome], ['Exit code', s.exit_code ?? ''], ['Signal', s.signal],
