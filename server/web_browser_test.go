@@ -19,6 +19,7 @@ import (
 
 	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
+	"stevedore/server"
 )
 
 // The web page in Debian's Chromium, headless, against a real server and a
@@ -343,5 +344,47 @@ func TestWebReaderHasNoCancel(t *testing.T) {
 	}
 	if st := a.step(v.ID); st.CancelRequested || st.State == "complete" {
 		t.Errorf("the step after a reader's cancel: %+v", st.StepRecord)
+	}
+}
+
+// TestWebBigLog: a 200,000-line log and a thousand steps do not freeze
+// the page: the tail shows first, the document holds only the rows in
+// sight, and earlier lines come when scrolled to.
+func TestWebBigLog(t *testing.T) {
+	const n = 200000
+	e := newEnv(t)
+	e.pollingAgent("w1", 2)
+	a := e.api()
+	v := a.submit(map[string]any{"pool": "linux"}, hostStep(fmt.Sprintf(`seq -f 'line %%.0f' 1 %d`, n)))
+	start := time.Now()
+	a.follow(v.ID)
+	t.Logf("%d lines through the server in %s", n, time.Since(start).Round(time.Millisecond))
+	for range 1000 {
+		if _, err := e.srv.Submit(server.SubmitRequest{Worker: "nobody", Step: numbered(1, "0")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := browser(t)
+	signIn(t, ctx, a.base, "")
+	waitJS(t, ctx, "a page of steps", `document.querySelectorAll('table.steps tbody tr').length === 50 && document.querySelector('.pager-info').textContent.includes('1,001 steps')`)
+
+	start = time.Now()
+	run(t, ctx, "the big log", chromedp.Navigate(a.base+"/steps/"+v.ID))
+	last := fmt.Sprintf("line %d", n)
+	waitJS(t, ctx, "the last line", `[...document.querySelectorAll('#log .ln .tx')].some(e => e.textContent === '`+last+`')`)
+	t.Logf("the tail of %d lines shown in %s", n, time.Since(start).Round(time.Millisecond))
+	if rows := evalJS[float64](t, ctx, `document.querySelectorAll('#log .ln').length`); rows > 200 {
+		t.Errorf("%v rows in the document, want only those in sight", rows)
+	}
+	// To the top: the first lines are fetched and shown.
+	start = time.Now()
+	evalJS[bool](t, ctx, `(() => { document.getElementById('log').scrollTop = 0; return true; })()`)
+	waitJS(t, ctx, "the first line", `(() => { const l = document.getElementById('log'); l.scrollTop = 0; return [...l.querySelectorAll('.ln .tx')].some(e => e.textContent === 'line 1'); })()`)
+	t.Logf("scrolled to the first line in %s", time.Since(start).Round(time.Millisecond))
+	// A line's link far from both ends.
+	run(t, ctx, "a line link", chromedp.Navigate(a.base+"/steps/"+v.ID+"#L100001"))
+	waitJS(t, ctx, "the linked line", `document.querySelector('#log .ln.target .no')?.textContent === '100001'`)
+	if text := evalJS[string](t, ctx, `document.querySelector('#log .ln.target .tx').textContent`); !strings.HasPrefix(text, "line 100") {
+		t.Errorf("line 100001 reads %q", text)
 	}
 }

@@ -368,8 +368,7 @@
   // LogView shows a task log of any length: only the rows in sight are in
   // the document (fixed-height rows over a spacer), the tail is fetched
   // first and earlier lines as they come into sight, and new lines are
-  // long-polled. Rows are the shown lines in order, with a gap row for
-  // each run of lines not fetched yet.
+  // long-polled.
   const TAIL = 1000;
   const CHUNK = 5000;
   const OVERSCAN = 20;
@@ -381,7 +380,8 @@
       this.onStep = onStep;
       this.lines = []; // by sequence
       this.hi = 0; // the highest sequence known to exist
-      this.rows = []; // sequences shown, or {from, to} gaps
+      this.rows = []; // the sequences shown, in order
+      this.loaded = 0; // how many lines are fetched
       this.loading = new Set();
       this.showVerbose = false;
       this.matches = [];
@@ -428,7 +428,7 @@
       this.hi = step.cursor || 0;
       this.rowH = this.measure();
       let after = Math.max(0, this.hi - TAIL);
-      if (this.target && this.target <= after) await this.fetch(Math.max(0, this.target - TAIL / 2), TAIL);
+      if (this.target && this.target <= after) await this.fetch(this.chunkOf(this.target) * CHUNK, CHUNK);
       await this.fetch(after, TAIL + 1);
       this.rebuild(false);
       if (this.target) this.scrollToLine(this.target); else this.toBottom();
@@ -488,18 +488,19 @@
     visible(l) { return this.showVerbose || l.level !== 'verbose'; }
 
     // rebuild makes the rows again, keeping the line in sight where it was.
+    // A line not fetched yet has a row (a placeholder), so that the
+    // scroll bar spans the whole log and a row's place is its line's.
     rebuild(keep) {
       const anchor = keep ? this.firstVisibleSeq() : 0;
       const rows = [];
-      let gap = 0;
+      let loaded = 0;
       for (let seq = 1; seq <= this.hi; seq++) {
         const l = this.lines[seq];
-        if (!l) { if (!gap) gap = seq; continue; }
-        if (gap) { rows.push({ from: gap, to: seq - 1 }); gap = 0; }
-        if (this.visible(l)) rows.push(seq);
+        if (l) loaded++;
+        if (!l || this.visible(l)) rows.push(seq);
       }
-      if (gap) rows.push({ from: gap, to: this.hi });
       this.rows = rows;
+      this.loaded = loaded;
       this.spacer.style.height = (rows.length * this.rowH) + 'px';
       if (anchor) this.viewport.scrollTop = this.rowOf(anchor) * this.rowH + this.anchorOffset;
       this.updateCount();
@@ -508,12 +509,10 @@
 
     // append adds the rows of the lines after sequence before.
     append(before) {
-      const last = this.rows[this.rows.length - 1];
-      if (last && typeof last === 'object') { this.rebuild(true); return; }
       for (let seq = before + 1; seq <= this.hi; seq++) {
         const l = this.lines[seq];
-        if (!l) { this.rebuild(true); return; }
-        if (this.visible(l)) this.rows.push(seq);
+        if (l) this.loaded++;
+        if (!l || this.visible(l)) this.rows.push(seq);
       }
       this.spacer.style.height = (this.rows.length * this.rowH) + 'px';
       this.updateCount();
@@ -521,33 +520,27 @@
     }
 
     updateCount() {
-      let loaded = 0;
-      for (const r of this.rows) if (typeof r === 'number') loaded++;
-      this.countEl.textContent = `${num(this.hi)} lines` + (this.hasGaps() ? ` (${num(loaded)} loaded)` : '');
+      this.countEl.textContent = `${num(this.hi)} lines` + (this.hasGaps() ? ` (${num(this.loaded)} loaded)` : '');
       this.loadAllBtn.hidden = !this.hasGaps();
     }
 
-    hasGaps() { return this.rows.some((r) => typeof r === 'object'); }
-
-    seqOfRow(r) { return typeof r === 'number' ? r : r.from; }
+    hasGaps() { return this.loaded < this.hi; }
 
     // rowOf is the index of the row showing seq (or the row after it).
     rowOf(seq) {
       let lo = 0, hi = this.rows.length - 1;
       while (lo < hi) {
         const mid = (lo + hi) >> 1;
-        const r = this.rows[mid];
-        const end = typeof r === 'number' ? r : r.to;
-        if (end < seq) lo = mid + 1; else hi = mid;
+        if (this.rows[mid] < seq) lo = mid + 1; else hi = mid;
       }
-      return lo;
+      return Math.max(0, lo);
     }
 
     firstVisibleSeq() {
       const i = Math.floor(this.viewport.scrollTop / this.rowH);
       this.anchorOffset = this.viewport.scrollTop - i * this.rowH;
       const r = this.rows[Math.min(i, this.rows.length - 1)];
-      return r === undefined ? 0 : this.seqOfRow(r);
+      return r === undefined ? 0 : r;
     }
 
     atBottom() {
@@ -567,10 +560,7 @@
       const m = location.hash.match(/^#L(\d+)$/);
       if (!m) return;
       this.target = parseInt(m[1], 10);
-      if (!this.lines[this.target] && this.target <= this.hi) {
-        await this.fetch(Math.max(0, this.target - CHUNK / 2), CHUNK);
-        this.rebuild(false);
-      }
+      if (!this.lines[this.target] && this.target <= this.hi) await this.loadChunk(this.chunkOf(this.target));
       this.scrollToLine(this.target);
     }
 
@@ -586,9 +576,10 @@
       this.win.style.transform = `translateY(${first * this.rowH}px)`;
       const els = [];
       for (let i = first; i < last; i++) {
-        const r = this.rows[i];
-        if (typeof r === 'number') els.push(this.lineEl(this.lines[r], i));
-        else { els.push(this.gapEl(r)); this.loadGap(r, i < (first + last) / 2); }
+        const seq = this.rows[i];
+        const l = this.lines[seq];
+        if (l) els.push(this.lineEl(l, i));
+        else { els.push(this.placeholderEl(seq)); this.loadChunk(this.chunkOf(seq)); }
       }
       this.win.replaceChildren(...els);
     }
@@ -623,22 +614,23 @@
       return out;
     }
 
-    gapEl(g) {
-      return h('div', { class: 'ln gap', role: 'listitem' },
-        h('button', { type: 'button', class: 'link', onclick: () => this.loadGap(g, false, true) },
-          `Lines ${num(g.from)}–${num(g.to)} are not loaded: load them`));
+    placeholderEl(seq) {
+      return h('div', { class: 'ln gap', role: 'listitem', 'aria-busy': 'true' }, h('span', { class: 'no' }, seq), h('span', { class: 'tx' }, '…'));
     }
 
-    // loadGap fetches the chunk of gap g nearest the lines shown: its end
-    // when the gap is above them (scrolling up), else its start.
-    async loadGap(g, fromEnd, all) {
-      const after = fromEnd || all ? Math.max(g.from - 1, g.to - CHUNK) : g.from - 1;
-      if (this.loading.has(after)) return;
-      this.loading.add(after);
+    // Lines are fetched in chunks of CHUNK, aligned, so that a chunk in
+    // sight is asked for once however the reader scrolls.
+    chunkOf(seq) { return Math.floor((seq - 1) / CHUNK); }
+
+    async loadChunk(k) {
+      if (this.loading.has(k)) return;
+      this.loading.add(k);
       try {
-        await this.fetch(after, CHUNK);
+        await this.fetch(k * CHUNK, CHUNK);
         this.rebuild(true);
-      } catch (e) { /* shown again when in sight */ } finally { this.loading.delete(after); }
+      } catch (e) {
+        await sleep(1000, this.signal); // then again when still in sight
+      } finally { this.loading.delete(k); }
     }
 
     async loadAll() {
@@ -664,8 +656,8 @@
       if (this.query) {
         const q = this.query.toLowerCase();
         this.rows.forEach((r, i) => {
-          if (typeof r !== 'number') return;
           const l = this.lines[r];
+          if (!l) return;
           const text = l.text !== undefined ? l.text : l.bytes ? decodeBytes(l.bytes) : '';
           if (text.toLowerCase().includes(q)) this.matches.push(i);
         });
