@@ -16,6 +16,7 @@ import (
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"stevedore/internal/testenv"
 	pb "stevedore/proto/stevedore/v1"
@@ -201,6 +202,8 @@ func signIn(t *testing.T, ctx context.Context, base, key string) {
 func TestWebPage(t *testing.T) {
 	e := newEnv(t)
 	e.pollingAgent("w1", 4)
+	// A second worker that went away, for the workers page.
+	gone := e.pollingAgentServing("w2", 2, e.addr, func(a pb.AgentServer) pb.AgentServer { return a })
 	a := e.api()
 	ctx := browser(t)
 
@@ -209,6 +212,7 @@ func TestWebPage(t *testing.T) {
 	a.submit(map[string]any{"pool": "linux"}, hostStep(`echo 'tests: 2 failed' >&2; exit 2`))
 	a.follow(done.ID)
 
+	run(t, ctx, "a laptop's screen", chromedp.EmulateViewport(1366, 900))
 	signIn(t, ctx, a.base, "")
 	v := a.submit(map[string]any{"pool": "linux"}, hostStep(deployScript))
 
@@ -244,7 +248,7 @@ func TestWebPage(t *testing.T) {
 	run(t, ctx, "the verbose toggle", chromedp.Click(chromedp.ID("show-verbose")))
 	waitJS(t, ctx, "the verbose line", `[...document.querySelectorAll('#log .ln.lvl-verbose .tx')].some(e => e.textContent === 'resolved 14 packages')`)
 	// The screenshot shows the log from its start, with every kind of line.
-	evalJS[bool](t, ctx, `(() => { document.getElementById('log-h').scrollIntoView(); document.getElementById('log').scrollTop = 0; return true; })()`)
+	evalJS[bool](t, ctx, `(() => { window.scrollTo(0, 0); document.getElementById('log').scrollTop = 0; return true; })()`)
 	run(t, ctx, "a moment to draw", chromedp.Sleep(100*time.Millisecond))
 	screenshot(t, ctx, "step-running")
 	run(t, ctx, "a phone's width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)))
@@ -254,7 +258,16 @@ func TestWebPage(t *testing.T) {
 		t.Errorf("the step's page is %vpx wide at a phone's 390px", w)
 	}
 	screenshot(t, ctx, "step-phone")
-	run(t, ctx, "back to a laptop's width", chromedp.EmulateViewport(1366, 900))
+	run(t, ctx, "back to a laptop's screen", chromedp.EmulateViewport(1366, 900))
+
+	// Search within the log, from the keyboard.
+	run(t, ctx, "search", chromedp.SendKeys(chromedp.ID("log-search"), "disk on web\r"))
+	waitJS(t, ctx, "a match", `document.getElementById('search-info').textContent === '1 of 1' && document.querySelector('#log .ln.current mark')?.textContent === 'disk on web'`)
+	// The whole log as text, with its marks.
+	text := evalJS[string](t, ctx, `fetch(document.getElementById('download-log').href).then(r => r.text())`)
+	if !strings.Contains(text, "[highlight] deploying 2.4.1 to production\n[warning] disk on web-3 is 91% full\n[stderr] retrying") {
+		t.Errorf("the downloaded log:\n%.600s", text)
+	}
 
 	// The API refuses a cancel without the session's CSRF token.
 	code := evalJS[float64](t, ctx, `fetch('/api/steps/`+v.ID+`/cancel', {method: 'POST'}).then(r => r.status)`)
@@ -265,8 +278,13 @@ func TestWebPage(t *testing.T) {
 		t.Fatalf("the step after a refused cancel: %+v", st.StepRecord)
 	}
 
-	// Cancel with the button, confirmed in the dialog.
+	// Cancel with the button, confirmed in the dialog; Escape first keeps it.
 	run(t, ctx, "the cancel button", chromedp.Click(chromedp.ID("cancel")), chromedp.WaitVisible(chromedp.ID("cancel-dialog")))
+	run(t, ctx, "escape", chromedp.KeyEvent(kb.Escape), chromedp.WaitNotVisible(chromedp.ID("cancel-dialog")))
+	if st := a.step(v.ID); st.CancelRequested {
+		t.Fatal("the dialog dismissed, the step is cancelled anyway")
+	}
+	run(t, ctx, "the cancel button again", chromedp.Click(chromedp.ID("cancel")), chromedp.WaitVisible(chromedp.ID("cancel-dialog")))
 	run(t, ctx, "confirm the cancel", chromedp.Click(chromedp.ID("cancel-confirm")))
 	waitJS(t, ctx, "the step cancelled", `document.querySelector('.step-head .badge')?.textContent === 'CANCELLED'`)
 	if st := a.step(v.ID); st.Outcome != "CANCELLED" {
@@ -292,8 +310,10 @@ func TestWebPage(t *testing.T) {
 	run(t, ctx, "the steps list", chromedp.Navigate(a.base+"/steps"), chromedp.WaitVisible(chromedp.CSS("table.steps tbody tr")))
 	waitJS(t, ctx, "three steps", `document.querySelectorAll('table.steps tbody tr').length === 3`)
 	screenshot(t, ctx, "steps")
+	gone.disconnect()
 	run(t, ctx, "the workers", chromedp.Navigate(a.base+"/workers"))
-	waitJS(t, ctx, "the worker", `document.querySelector('table.workers tbody th')?.textContent.startsWith('w1')`)
+	waitJS(t, ctx, "the workers", `document.querySelector('table.workers tbody th')?.textContent.startsWith('w1') &&
+		document.querySelector('table.workers tbody tr:nth-child(2)')?.textContent.includes('disconnected')`)
 	screenshot(t, ctx, "workers")
 
 	// A phone's width.
@@ -304,7 +324,7 @@ func TestWebPage(t *testing.T) {
 		t.Errorf("the steps list is %vpx wide at a phone's 390px", w)
 	}
 	screenshot(t, ctx, "steps-phone")
-	run(t, ctx, "back to a laptop's width", chromedp.EmulateViewport(1366, 900))
+	run(t, ctx, "back to a laptop's screen", chromedp.EmulateViewport(1366, 900))
 
 	// Sign out: the session is gone, for the page and for the API.
 	run(t, ctx, "sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("password")))

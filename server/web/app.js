@@ -716,7 +716,7 @@
         h('th', { scope: 'row', 'data-label': 'Worker' }, w.name, w.hostname && w.hostname !== w.name ? h('div', { class: 'muted' }, w.hostname) : null,
           h('div', { class: 'muted' }, w.address ? 'listening ' + w.address : 'polling')),
         h('td', { 'data-label': 'Connection' }, w.connected ? badge('connected', 'connected') :
-          h('span', {}, badge('disconnected', 'disconnected'), w.disconnected_since ? h('div', { class: 'muted' }, 'since ', h('time', { datetime: w.disconnected_since, title: fmtTime(w.disconnected_since) }, ago(w.disconnected_since))) : null)),
+          h('span', {}, badge('disconnected', 'disconnected'), w.disconnected_since ? h('div', { class: 'muted' }, 'went away ', h('time', { datetime: w.disconnected_since, title: fmtTime(w.disconnected_since) }, ago(w.disconnected_since))) : null)),
         h('td', { 'data-label': 'Pools' }, (w.pools || []).join(', ')),
         h('td', { 'data-label': 'Labels', class: 'mono' }, Object.entries(w.labels || {}).map(([k, v]) => k + '=' + v).join(', ')),
         h('td', { 'data-label': 'Slots' }, w.slots),
