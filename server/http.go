@@ -27,9 +27,11 @@ const maxSubmitBytes = 64 << 20
 // maxLogWait bounds a log request's long poll.
 const maxLogWait = 60 * time.Second
 
-// Handler is the HTTP API (JSON). Every route but /healthz and /metrics needs
-// credentials: an API key ("Authorization: Bearer KEY") or the admin's
-// username and password (HTTP Basic); without them the answer is 401. Each
+// Handler is the HTTP API (JSON) and the web page (web.go). Every API route
+// but /healthz and /metrics needs credentials: an API key ("Authorization:
+// Bearer KEY"), the admin's username and password (HTTP Basic), or the web
+// page's session cookie, with its CSRF token on a state-changing request
+// (else 403); without them the answer is 401. Each
 // route needs a role (reader, submitter or admin, each allowed what the
 // ones before it are); a key without it gets 403. The admin user is admin.
 //
@@ -41,7 +43,7 @@ const maxLogWait = 60 * time.Second
 //	GET  /api/workers                      reader     the workers and their state
 //	POST /api/workers                      admin      {"name","address","thumbprint"}: register a listening worker
 //	DELETE /api/workers/{name}             admin      forget a worker that is not connected; its steps end LOST
-//	GET  /api/steps                        reader     every step (?state=queued|running|complete)
+//	GET  /api/steps                        reader     every step (?state=queued|running|complete); ?limit=N&offset=M: a page, newest first
 //	POST /api/steps                        submitter  {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
 //	GET  /api/steps/{id}                   reader     the step
 //	GET  /api/steps/{id}/log               reader     ?after=N&max=N&wait=30s: lines after N, long-polled
