@@ -129,3 +129,5 @@ STEVEDORE_DEV_DIR=$DEV_DIR "$here/sysroot.sh" >/dev/null
 # on 2 cores with cold caches), skipped when that version is there.
 install_helm() { STEVEDORE_DEV_DIR=$DEV_DIR "$here/helm.sh" >/dev/null; }
 install_helm
+# Debian's Chromium, which the web page's tests drive headless (scripts/chromium.sh).
+"$here/chromium.sh"

@@ -27,9 +27,11 @@ const maxSubmitBytes = 64 << 20
 // maxLogWait bounds a log request's long poll.
 const maxLogWait = 60 * time.Second
 
-// Handler is the HTTP API (JSON). Every route but /healthz and /metrics needs
-// credentials: an API key ("Authorization: Bearer KEY") or the admin's
-// username and password (HTTP Basic); without them the answer is 401. Each
+// Handler is the HTTP API (JSON) and the web page (web.go). Every API route
+// but /healthz and /metrics needs credentials: an API key ("Authorization:
+// Bearer KEY"), the admin's username and password (HTTP Basic), or the web
+// page's session cookie, with its CSRF token on a state-changing request
+// (else 403); without them the answer is 401. Each
 // route needs a role (reader, submitter or admin, each allowed what the
 // ones before it are); a key without it gets 403. The admin user is admin.
 //
@@ -41,7 +43,7 @@ const maxLogWait = 60 * time.Second
 //	GET  /api/workers                      reader     the workers and their state
 //	POST /api/workers                      admin      {"name","address","thumbprint"}: register a listening worker
 //	DELETE /api/workers/{name}             admin      forget a worker that is not connected; its steps end LOST
-//	GET  /api/steps                        reader     every step (?state=queued|running|complete)
+//	GET  /api/steps                        reader     every step (?state=queued|running|complete); ?limit=N&offset=M: a page, newest first
 //	POST /api/steps                        submitter  {"worker"|"pool", "key"?, "step": StartStepRequest as protobuf JSON}
 //	GET  /api/steps/{id}                   reader     the step
 //	GET  /api/steps/{id}/log               reader     ?after=N&max=N&wait=30s: lines after N, long-polled
@@ -81,6 +83,7 @@ func (s *Server) Handler() http.Handler {
 	// More specific than /api/: an agent with the registration token may
 	// add a thumbprint too.
 	mux.Handle("POST /api/trust", s.registering(http.HandlerFunc(s.apiTrust), authed))
+	s.webRoutes(mux)
 	return mux
 }
 
@@ -128,8 +131,17 @@ var errNoCredentials = errors.New("authentication required: an API key (Authoriz
 func (s *Server) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authenticate(r)
+		if errors.Is(err, ErrBadCSRF) {
+			apiError(w, http.StatusForbidden, err)
+			return
+		}
 		if err != nil {
-			w.Header().Add("WWW-Authenticate", `Basic realm="stevedore", charset="UTF-8"`)
+			// A script's request (the web page's fetch) gets no Basic
+			// challenge: the browser would hold it for its own password
+			// dialog rather than let the page show its sign-in.
+			if m := r.Header.Get("Sec-Fetch-Mode"); m == "" || m == "navigate" {
+				w.Header().Add("WWW-Authenticate", `Basic realm="stevedore", charset="UTF-8"`)
+			}
 			w.Header().Add("WWW-Authenticate", `Bearer realm="stevedore"`)
 			apiError(w, http.StatusUnauthorized, err)
 			return
@@ -149,6 +161,10 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 	}
 	user, pass, ok := r.BasicAuth()
 	if !ok {
+		// The web page's session (web.go), when neither is given.
+		if c, err := r.Cookie(SessionCookie); err == nil {
+			return s.sessionPrincipal(r, c.Value)
+		}
 		return principal{}, errNoCredentials
 	}
 	if err := s.Authenticate(user, pass); err != nil {
@@ -182,12 +198,15 @@ type StepView struct {
 	StepRecord
 	// WaitingFor says why a queued step is not running yet.
 	WaitingFor string `json:"waiting_for,omitempty"`
-	Log        string `json:"log"`
+	// EndedIn names the stage a completed step ended in: queue, image,
+	// isolation, worker or script.
+	EndedIn string `json:"ended_in,omitempty"`
+	Log     string `json:"log"`
 }
 
 func (s *Server) view(rec StepRecord) StepView {
 	rec.Sealed, rec.SealedOutputs = nil, nil
-	v := StepView{StepRecord: rec, Log: "/api/steps/" + rec.ID + "/log"}
+	v := StepView{StepRecord: rec, EndedIn: endedIn(rec), Log: "/api/steps/" + rec.ID + "/log"}
 	if rec.State == StateQueued {
 		v.WaitingFor = s.waitingFor(rec.ID)
 	}
@@ -240,13 +259,37 @@ func (s *Server) apiSubmit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, s.view(rec))
 }
 
+// apiSteps lists the steps, oldest first; with ?limit=N a page of them,
+// newest first, after skipping ?offset=M, and X-Total-Count saying how
+// many match in all, so that thousands of steps come a page at a time.
 func (s *Server) apiSteps(w http.ResponseWriter, r *http.Request) {
-	state := r.URL.Query().Get("state")
+	q := r.URL.Query()
+	state := q.Get("state")
+	limit, err := uintParam(q.Get("limit"), 0)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("limit: %w", err))
+		return
+	}
+	offset, err := uintParam(q.Get("offset"), 0)
+	if err != nil {
+		apiError(w, http.StatusBadRequest, fmt.Errorf("offset: %w", err))
+		return
+	}
+	var matching []StepRecord
+	if state == "" || state == StateQueued || state == StateRunning || state == StateComplete {
+		matching = s.steps(state)
+	}
 	out := []StepView{}
-	for _, rec := range s.Steps() {
-		if state == "" || rec.State == state {
+	if limit == 0 {
+		for _, rec := range matching {
 			out = append(out, s.view(rec))
 		}
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	w.Header().Set("X-Total-Count", strconv.Itoa(len(matching)))
+	for i := len(matching) - 1 - int(min(offset, uint64(len(matching)))); i >= 0 && uint64(len(out)) < limit; i-- {
+		out = append(out, s.view(matching[i]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -109,6 +109,8 @@ type Server struct {
 	db   store.Store
 	keys *seal.Box
 	auth authCache
+	// web holds the web page's sessions (web.go).
+	web webSessions
 
 	ctx    context.Context
 	cancel context.CancelFunc
