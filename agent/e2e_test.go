@@ -263,22 +263,7 @@ func TestSensitiveValuesNeverLeak(t *testing.T) {
 		t.Errorf("stdout %q, want %q", run.stdout, want)
 	}
 	// Nothing in the state dir holds it in plaintext: journal, step dir, keys.
-	err := filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(b, []byte(secret)) {
-			t.Errorf("%s holds the sensitive value in plaintext", path)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	noPlaintext(t, ta.stateDir, secret)
 	ta.complete(t, tk)
 }
 
@@ -598,5 +583,26 @@ func TestAllowedImagesRefusesBeforeAnyPull(t *testing.T) {
 		Execution: &pb.Execution{Target: &pb.Execution_Container{Container: &pb.ContainerExecution{Image: testenv.Bookworm, Feed: "nope"}}}})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("an unknown feed: err %v, want InvalidArgument", err)
+	}
+}
+
+// noPlaintext fails t if any file under dir holds secret.
+func noPlaintext(t *testing.T, dir, secret string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the sensitive value in plaintext", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,10 +1,7 @@
 package agent_test
 
 import (
-	"bytes"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -73,21 +70,6 @@ func testOctopusScript(t *testing.T, ta *testAgent, exec *pb.Execution, sc teste
 		t.Errorf("artifact content %q", content)
 	}
 	// The sensitive input is nowhere in the state dir in plaintext.
-	err := filepath.WalkDir(ta.stateDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(b, []byte(testenv.OctopusSecret)) {
-			t.Errorf("%s holds the sensitive value in plaintext", path)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	noPlaintext(t, ta.stateDir, testenv.OctopusSecret)
 	ta.complete(t, tk)
 }
