@@ -20,7 +20,7 @@ func TestServerDatabase(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	unreachable := "postgres://stevedore:unreachable-secret@" + freePort(t) + "/stevedore?sslmode=disable"
+	unreachable := "postgres://stevedore:unreachable-secret@" + testenv.FreeAddr(t) + "/stevedore?sslmode=disable"
 	wrongPassword := strings.Replace(good, ":"+testenv.PostgresPassword+"@", ":wrong-secret@", 1)
 	future := testenv.Postgres(t)
 	pool, err := pgdb.Open(ctx, future)

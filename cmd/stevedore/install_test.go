@@ -174,7 +174,7 @@ func TestInstallServer(t *testing.T) {
 	}
 
 	// The server as the unit would start it, with that environment.
-	s := &serverSetup{dataDir: at(installServerState), http: freePort(t), polling: freePort(t), scheme: "http", thumbprint: tp}
+	s := &serverSetup{dataDir: at(installServerState), http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), scheme: "http", thumbprint: tp}
 	s.args = []string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling}
 	s.start(t, env...)
 	call := func(method, path, body string, auth func(*http.Request)) int {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,17 +24,6 @@ import (
 )
 
 const testAdmin, testPassword = "admin", "server-test-password"
-
-// freePort returns a loopback address nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // proc is a stevedore process of a test, its output in a file.
 type proc struct {
@@ -122,7 +110,7 @@ type serverSetup struct {
 func newServerSetup(t *testing.T, extra ...string) *serverSetup {
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
-	s := &serverSetup{dataDir: filepath.Join(root, "server"), http: freePort(t), polling: freePort(t), scheme: "http"}
+	s := &serverSetup{dataDir: filepath.Join(root, "server"), http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), scheme: "http"}
 	if slices.Contains(extra, "--http-tls") {
 		s.scheme = "https"
 	}

@@ -12,6 +12,7 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -264,4 +265,16 @@ func Binary(t testing.TB) string {
 		t.Fatalf("build stevedore: %v", binaryErr)
 	}
 	return binaryPath
+}
+
+// FreeAddr returns a loopback address nothing listens on now, for a
+// process a test starts to listen on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

@@ -1,7 +1,6 @@
 package container_test
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,7 +87,7 @@ func startHostServer(t *testing.T, bin, token string) hostServer {
 	if err != nil {
 		t.Fatalf("stevedore cert: %v", err)
 	}
-	hs := hostServer{http: loopbackPort(t), polling: loopbackPort(t), thumbprint: strings.TrimSpace(string(thumbprint))}
+	hs := hostServer{http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), thumbprint: strings.TrimSpace(string(thumbprint))}
 	srv := exec.Command(bin, "server", "--data-dir", data, "--http", hs.http, "--polling", hs.polling)
 	srv.Env = append(os.Environ(), "ADMIN_USERNAME=admin", "ADMIN_PASSWORD=image-test-password", "STEVEDORE_REGISTRATION_TOKEN="+token, "MASTER_KEY=")
 	serverLog := filepath.Join(t.TempDir(), "server.log")
@@ -110,15 +109,4 @@ func startHostServer(t *testing.T, bin, token string) hostServer {
 		}
 	})
 	return hs
-}
-
-// loopbackPort returns a loopback address nothing listens on now.
-func loopbackPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
