@@ -119,13 +119,15 @@ func (l *Lease) Release() {
 	if l == nil {
 		return
 	}
-	l.once.Do(func() {
-		l.c.mu.Lock()
-		defer l.c.mu.Unlock()
-		if l.c.inUse[l.ImageID]--; l.c.inUse[l.ImageID] <= 0 {
-			delete(l.c.inUse, l.ImageID)
-		}
-	})
+	l.once.Do(func() { l.c.unlease(l.ImageID) })
+}
+
+func (c *Coordinator) unlease(imageID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inUse[imageID]--; c.inUse[imageID] <= 0 {
+		delete(c.inUse, imageID)
+	}
 }
 
 // Allowed reports whether image may run here, by allowed_images.
@@ -195,13 +197,18 @@ func (c *Coordinator) Ensure(ctx context.Context, req Request) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.lease(id, ref.String()), nil
+	return c.leased(id, ref.String()), nil
 }
 
 func (c *Coordinator) lease(imageID, ref string) *Lease {
 	c.mu.Lock()
 	c.inUse[imageID]++
 	c.mu.Unlock()
+	return c.leased(imageID, ref)
+}
+
+// leased wraps a lease already counted in inUse.
+func (c *Coordinator) leased(imageID, ref string) *Lease {
 	c.opt.Store.Touch(imageID)
 	return &Lease{ImageID: imageID, Reference: ref, c: c}
 }

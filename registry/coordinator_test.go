@@ -386,3 +386,31 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// A pull's collection may run before its waiters take their leases; the
+// image they waited for must survive it.
+func TestCollectionAfterAPullSparesItsWaiters(t *testing.T) {
+	eng := newFakeEngine()
+	eng.pull = func(context.Context, string) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("{}\n")), nil
+	}
+	c := newTestCoordinator(t, eng, func(o *Options) { o.GC = GCOptions{MinAge: time.Nanosecond, MaxBytes: 1} })
+	ref, err := ParseImage(unreachable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.sharedPull(context.Background(), ref, Request{Image: unreachable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Here, between the pull and the lease, is where the collection lands.
+	if removed, _ := c.Collect(context.Background()); len(removed) != 0 {
+		t.Fatalf("a collection between the pull and its lease removed %v", removed)
+	}
+	lease := c.leased(id, unreachable)
+	lease.Release()
+	c.opt.Store.recs[id].LastUsed = time.Now().Add(-time.Second)
+	if removed, _ := c.Collect(context.Background()); fmt.Sprint(removed) != "["+id+"]" {
+		t.Fatalf("after the lease ended, removed %v, want %s", removed, id)
+	}
+}

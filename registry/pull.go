@@ -57,6 +57,11 @@ type pull struct {
 	nextSub int
 	last    *Progress // the latest progress, for waiters who join late
 
+	// held: the pull ended with imageID leased once for each waiter still
+	// there, so that a collection between the pull and the waiters taking
+	// their leases cannot remove the image they waited for.
+	held bool
+
 	done    chan struct{}
 	imageID string
 	err     error
@@ -74,7 +79,8 @@ func (c *Coordinator) pullKey(ref reference.Named, req Request) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// sharedPull joins the pull of ref or starts it, and waits for it.
+// sharedPull joins the pull of ref or starts it, and waits for it. On success
+// the image is already leased for the caller (see pull.held).
 func (c *Coordinator) sharedPull(ctx context.Context, ref reference.Named, req Request) (string, error) {
 	key := c.pullKey(ref, req)
 	c.mu.Lock()
@@ -103,17 +109,23 @@ func (c *Coordinator) sharedPull(ctx context.Context, ref reference.Named, req R
 		c.leave(p, sub)
 		return p.imageID, p.err
 	case <-ctx.Done():
-		c.leave(p, sub)
+		if c.leave(p, sub) {
+			c.unlease(p.imageID)
+		}
 		return "", ctx.Err()
 	}
 }
 
 // leave drops a waiter; the last one to leave an unfinished pull stops it.
-func (c *Coordinator) leave(p *pull, sub int) {
+// It reports whether the pull had already leased the image for this waiter.
+func (c *Coordinator) leave(p *pull, sub int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(p.subs, sub)
 	p.waiters--
+	if p.held {
+		return true
+	}
 	if p.waiters == 0 {
 		select {
 		case <-p.done:
@@ -122,6 +134,7 @@ func (c *Coordinator) leave(p *pull, sub int) {
 			p.cancel()
 		}
 	}
+	return false
 }
 
 func (c *Coordinator) broadcast(p *pull, pr Progress) {
@@ -148,10 +161,17 @@ func (c *Coordinator) runPull(p *pull, ref reference.Named, req Request) {
 			c.opt.OnPull(pullResult(p.ctx, p.err), time.Since(start))
 		}
 		c.mu.Lock()
-		delete(c.pulls, p.key)
+		delete(c.pulls, p.key) // no waiter joins after this
+		if p.err == nil && p.imageID != "" && p.waiters > 0 {
+			c.inUse[p.imageID] += p.waiters
+			p.held = true
+		}
 		c.mu.Unlock()
 		p.cancel()
 		close(p.done)
+		if p.err == nil && p.imageID != "" {
+			go c.collectSoon()
+		}
 	}()
 	backoff := c.opt.Backoff
 	for attempt := 1; ; attempt++ {
@@ -173,7 +193,6 @@ func (c *Coordinator) runPull(p *pull, ref reference.Named, req Request) {
 				log.Warn("could not record the pulled image", "error", err)
 			}
 			log.Info("pulled image", "image_id", inspect.ID, "digest", digest, "attempts", attempt, "took", time.Since(start).Round(time.Millisecond))
-			go c.collectSoon()
 			return
 		}
 		if p.ctx.Err() != nil {
