@@ -26,14 +26,18 @@
 // an index on the queued steps' IDs, CancelRequested a column read without
 // the record, the submission keys a table whose rows go with their step;
 // its migrations are versioned, run in Open, and a database of a newer
-// version is refused with ErrSchemaTooNew, as boltstore does. The
-// interface does not yet decide which of several servers on one database
-// drives a step: UpdateStep serialises writes to one record, not drivers,
-// and claiming a queued step (FOR UPDATE SKIP LOCKED) and leases will be
-// methods of their own.
+// version is refused with ErrSchemaTooNew, as boltstore does.
+//
+// Several server nodes may share one database (a Store that is also a
+// Watcher). Which node drives a step is decided through UpdateStep alone:
+// a node claims a queued step, or takes over a running one whose lease ran
+// out, with an fn that checks the state it read under the row's lock, and
+// every later write of its driver checks that the step is still its own
+// (StepRecord.Node), so no two nodes drive a step at once.
 package store
 
 import (
+	"context"
 	"errors"
 	"io"
 	"time"
@@ -78,6 +82,18 @@ type Store interface {
 	Backup(w io.Writer) (int64, error)
 	// Close releases the database; the store is not used after.
 	Close() error
+}
+
+// Watcher is a Store shared by several server nodes that tells each of
+// them about every change of a step, whichever node made it.
+type Watcher interface {
+	// Watch sends the ID of each step created or changed from now on, by
+	// any node, until ctx ends; then it closes the channel. An empty ID
+	// says that changes may have been missed (the link to the database
+	// was lost and is back): the receiver looks at everything again.
+	// Sends are not blocking the database: a slow receiver gets an empty
+	// ID in place of the IDs it could not take.
+	Watch(ctx context.Context) <-chan string
 }
 
 // Steps are the step records and the queue, which is the queued steps in
@@ -206,6 +222,11 @@ type StepRecord struct {
 	Sealed   []byte `json:"sealed,omitempty"`
 	State    string `json:"state"`
 	Assigned string `json:"assigned,omitempty"` // the worker running it
+	// Node is the server node driving a running step, and LeaseUntil when
+	// its hold on the step runs out unless renewed: then another node may
+	// take the step over (several nodes on one database).
+	Node       string    `json:"node,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
 	// Cursor is the last sequence stored in the task log.
 	Cursor uint64 `json:"cursor"`
 	// CancelRequested: the step is to be cancelled on its worker.

@@ -377,7 +377,7 @@ func testRoundTrip(t *testing.T, open func() store.Store) {
 		Sealed: []byte{0, 1, 0xff}, State: store.StateComplete, Assigned: "w1", Cursor: 1 << 40, CancelRequested: true,
 		Outcome: "FAILED", ExitCode: &code, Signal: "SIGKILL", Reason: "why", OutputVariables: map[string]string{"a": "1", "s": "********"},
 		SensitiveOutputs: []string{"s"}, SealedOutputs: []byte{9, 8}, Artifacts: []store.Artifact{{Name: "b", Path: "/b", File: "b", Size: 2, SHA256: "x"}, {Name: "a", Size: 1}},
-		CreatedAt: t0, StartedAt: t0.Add(time.Second), FinishedAt: t0.Add(time.Hour)}
+		CreatedAt: t0, StartedAt: t0.Add(time.Second), FinishedAt: t0.Add(time.Hour), Node: "node-a", LeaseUntil: t0.Add(2 * time.Second)}
 	bare := store.StepRecord{ID: "s2", Pool: "linux", State: store.StateQueued, CreatedAt: t0}
 	for _, rec := range []store.StepRecord{full, bare} {
 		if made := mustCreate(t, s, rec, ""); !reflect.DeepEqual(made, rec) {

@@ -114,18 +114,20 @@ func retryable(err error) bool {
 // stepColumns are read by scanStep in this order.
 const stepColumns = `id, worker, pool, labels, queue_deadline, submitted_by, submitter_key, image, sealed, state, assigned,
 	log_cursor, cancel_requested, outcome, exit_code, signal, reason, output_variables, sensitive_outputs, sealed_outputs,
-	artifacts, created_at, started_at, finished_at`
+	artifacts, created_at, started_at, finished_at, node, lease_until`
 
 func scanStep(row pgx.Row) (store.StepRecord, error) {
 	var (
 		rec                                  store.StepRecord
 		labels, outputs, artifacts           []byte
 		deadline, started, finished, created *time.Time
+		lease                                *time.Time
 		cursor                               int64
 	)
 	err := row.Scan(&rec.ID, &rec.Worker, &rec.Pool, &labels, &deadline, &rec.SubmittedBy, &rec.SubmitterKey, &rec.Image,
 		&rec.Sealed, &rec.State, &rec.Assigned, &cursor, &rec.CancelRequested, &rec.Outcome, &rec.ExitCode, &rec.Signal,
-		&rec.Reason, &outputs, &rec.SensitiveOutputs, &rec.SealedOutputs, &artifacts, &created, &started, &finished)
+		&rec.Reason, &outputs, &rec.SensitiveOutputs, &rec.SealedOutputs, &artifacts, &created, &started, &finished,
+		&rec.Node, &lease)
 	if err != nil {
 		return store.StepRecord{}, err
 	}
@@ -140,6 +142,7 @@ func scanStep(row pgx.Row) (store.StepRecord, error) {
 		return store.StepRecord{}, fmt.Errorf("step %s: artifacts: %w", rec.ID, err)
 	}
 	rec.QueueDeadline, rec.CreatedAt, rec.StartedAt, rec.FinishedAt = fromNull(deadline), fromNull(created), fromNull(started), fromNull(finished)
+	rec.LeaseUntil = fromNull(lease)
 	// Empty reads back as the embedded store's JSON gives it: nil.
 	if len(rec.Sealed) == 0 {
 		rec.Sealed = nil
@@ -157,7 +160,7 @@ func scanStep(row pgx.Row) (store.StepRecord, error) {
 // microsecond, empty maps and slices nil; so that the records CreateStep
 // and UpdateStep return are the ones written.
 func normalize(rec *store.StepRecord) {
-	for _, t := range []*time.Time{&rec.QueueDeadline, &rec.CreatedAt, &rec.StartedAt, &rec.FinishedAt} {
+	for _, t := range []*time.Time{&rec.QueueDeadline, &rec.CreatedAt, &rec.StartedAt, &rec.FinishedAt, &rec.LeaseUntil} {
 		if !t.IsZero() {
 			*t = t.UTC().Truncate(time.Microsecond)
 		}
@@ -212,12 +215,12 @@ func stepArgs(rec store.StepRecord) ([]any, error) {
 	return []any{rec.ID, rec.Worker, rec.Pool, string(labels), toNull(rec.QueueDeadline), rec.SubmittedBy, rec.SubmitterKey,
 		rec.Image, sealed, rec.State, rec.Assigned, int64(rec.Cursor), rec.CancelRequested, rec.Outcome, rec.ExitCode,
 		rec.Signal, rec.Reason, string(outputs), sensitive, rec.SealedOutputs, string(artifacts), rec.CreatedAt.UTC(),
-		toNull(rec.StartedAt), toNull(rec.FinishedAt)}, nil
+		toNull(rec.StartedAt), toNull(rec.FinishedAt), rec.Node, toNull(rec.LeaseUntil)}, nil
 }
 
 // insertStep inserts rec unless its ID is taken: then it reports false.
 const insertStep = `INSERT INTO steps (` + stepColumns + `) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-	$14, $15, $16, $17, $18::jsonb, $19, $20, $21::jsonb, $22, $23, $24) ON CONFLICT (id) DO NOTHING`
+	$14, $15, $16, $17, $18::jsonb, $19, $20, $21::jsonb, $22, $23, $24, $25, $26) ON CONFLICT (id) DO NOTHING`
 
 // updateStep writes every column but the ID; the cancel flag only ever
 // goes from false to true.
@@ -225,7 +228,7 @@ const updateStep = `UPDATE steps SET worker = $2, pool = $3, labels = $4::jsonb,
 	submitter_key = $7, image = $8, sealed = $9, state = $10, assigned = $11, log_cursor = $12,
 	cancel_requested = cancel_requested OR $13, outcome = $14, exit_code = $15, signal = $16, reason = $17,
 	output_variables = $18::jsonb, sensitive_outputs = $19, sealed_outputs = $20, artifacts = $21::jsonb,
-	created_at = $22, started_at = $23, finished_at = $24 WHERE id = $1`
+	created_at = $22, started_at = $23, finished_at = $24, node = $25, lease_until = $26 WHERE id = $1`
 
 // CreateStep implements store.Steps. The key's row goes in with the step,
 // in one transaction; two submissions of one key at once both insert a

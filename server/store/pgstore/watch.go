@@ -1,0 +1,77 @@
+package pgstore
+
+import (
+	"context"
+	"time"
+
+	"stevedore/server/store"
+)
+
+var _ store.Watcher = (*Store)(nil)
+
+// watchChannel is the channel of migration 0002's trigger on steps.
+const watchChannel = "stevedore_steps"
+
+// Watch implements store.Watcher with LISTEN on a connection of its own,
+// held from the pool for as long as ctx lasts. A lost connection is
+// dialled again, a second apart, and announced with an empty ID, as is
+// a notification the receiver was too slow to take.
+func (s *Store) Watch(ctx context.Context) <-chan string {
+	out := make(chan string, 256)
+	go func() {
+		defer close(out)
+		missed := false
+		send := func(id string) {
+			if missed {
+				select {
+				case out <- "":
+					missed = false
+				default:
+					return
+				}
+			}
+			select {
+			case out <- id:
+			default:
+				missed = true
+			}
+		}
+		for first := true; ctx.Err() == nil; first = false {
+			s.listen(ctx, send, !first)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return out
+}
+
+// listen sends every notification on watchChannel until ctx ends or the
+// connection fails; again: first an empty ID, once listening, for what
+// changed while nobody listened.
+func (s *Store) listen(ctx context.Context, send func(string), again bool) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	// A connection that LISTENs is not given back to the pool as it is:
+	// it is closed, and the pool dials a fresh one when it needs it.
+	defer func() {
+		conn.Conn().Close(context.Background())
+		conn.Release()
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+watchChannel); err != nil {
+		return
+	}
+	if again {
+		send("")
+	}
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return
+		}
+		send(n.Payload)
+	}
+}
