@@ -87,13 +87,17 @@ type Store interface {
 // Watcher is a Store shared by several server nodes that tells each of
 // them about every change of a step, whichever node made it.
 type Watcher interface {
-	// Watch sends the ID of each step created or changed from now on, by
-	// any node, until ctx ends; then it closes the channel. An empty ID
-	// says that changes may have been missed (the link to the database
-	// was lost and is back): the receiver looks at everything again.
-	// Sends are not blocking the database: a slow receiver gets an empty
-	// ID in place of the IDs it could not take.
-	Watch(ctx context.Context) <-chan string
+	// Watch sends each step created or changed from now on, by any node,
+	// until ctx ends; then it closes the channel. The zero Change says
+	// that changes may have been missed (the link to the database was
+	// lost and is back, or the receiver was too slow to take them): the
+	// receiver looks at everything again. It never blocks the database.
+	Watch(ctx context.Context) <-chan Change
+}
+
+// Change is a step's change seen by a Watcher: its ID and its new state.
+type Change struct {
+	ID, State string
 }
 
 // Steps are the step records and the queue, which is the queued steps in

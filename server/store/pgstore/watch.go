@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"stevedore/server/store"
@@ -14,24 +15,24 @@ const watchChannel = "stevedore_steps"
 
 // Watch implements store.Watcher with LISTEN on a connection of its own,
 // held from the pool for as long as ctx lasts. A lost connection is
-// dialled again, a second apart, and announced with an empty ID, as is
+// dialled again, a second apart, and announced with the zero Change, as is
 // a notification the receiver was too slow to take.
-func (s *Store) Watch(ctx context.Context) <-chan string {
-	out := make(chan string, 256)
+func (s *Store) Watch(ctx context.Context) <-chan store.Change {
+	out := make(chan store.Change, 256)
 	go func() {
 		defer close(out)
 		missed := false
-		send := func(id string) {
+		send := func(c store.Change) {
 			if missed {
 				select {
-				case out <- "":
+				case out <- store.Change{}:
 					missed = false
 				default:
 					return
 				}
 			}
 			select {
-			case out <- id:
+			case out <- c:
 			default:
 				missed = true
 			}
@@ -48,9 +49,9 @@ func (s *Store) Watch(ctx context.Context) <-chan string {
 }
 
 // listen sends every notification on watchChannel until ctx ends or the
-// connection fails; again: first an empty ID, once listening, for what
+// connection fails; again: first the zero Change, once listening, for what
 // changed while nobody listened.
-func (s *Store) listen(ctx context.Context, send func(string), again bool) {
+func (s *Store) listen(ctx context.Context, send func(store.Change), again bool) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return
@@ -65,13 +66,19 @@ func (s *Store) listen(ctx context.Context, send func(string), again bool) {
 		return
 	}
 	if again {
-		send("")
+		send(store.Change{})
 	}
 	for {
 		n, err := conn.Conn().WaitForNotification(ctx)
 		if err != nil {
 			return
 		}
-		send(n.Payload)
+		// The payload is "STATE ID" (IDs and states have no spaces).
+		state, id, ok := strings.Cut(n.Payload, " ")
+		if !ok {
+			send(store.Change{}) // not ours to read: look at everything
+			continue
+		}
+		send(store.Change{ID: id, State: state})
 	}
 }

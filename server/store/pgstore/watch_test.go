@@ -33,8 +33,8 @@ func TestWatchAcrossNodes(t *testing.T) {
 		t.Helper()
 		for {
 			select {
-			case id := <-ch:
-				if id == want {
+			case c := <-ch:
+				if c.ID == want {
 					return
 				}
 			case <-ctx.Done():
@@ -50,8 +50,8 @@ func TestWatchAcrossNodes(t *testing.T) {
 		}
 		select {
 		case got := <-ch:
-			if got != id {
-				t.Fatalf("heard %q, want %q", got, id)
+			if got != (store.Change{ID: id, State: store.StateQueued}) {
+				t.Fatalf("heard %+v, want %s queued", got, id)
 			}
 		case <-time.After(100 * time.Millisecond):
 			continue
