@@ -49,26 +49,30 @@ func (s *Server) dispatch() {
 		if !rec.QueueDeadline.IsZero() && now.After(rec.QueueDeadline) {
 			s.mu.Lock()
 			why := cmp.Or(s.waiting[rec.ID], "no worker took it")
-			delete(s.waiting, rec.ID)
 			s.mu.Unlock()
-			s.finish(rec, nil, "TIMED_OUT", fmt.Sprintf("no worker took the step within %s of its submission: %s",
+			_, err := s.endQueued(rec.ID, false, "TIMED_OUT", fmt.Sprintf("no worker took the step within %s of its submission: %s",
 				rec.QueueDeadline.Sub(rec.CreatedAt).Round(time.Second), why))
+			if err != nil && !errors.Is(err, errStateChanged) {
+				s.log.Error("cannot end a step that timed out in the queue", "step", rec.ID, "error", err)
+			}
 			continue
 		}
 		w := s.pick(rec)
 		if w == nil {
 			continue
 		}
-		rec.State, rec.Assigned, rec.StartedAt = StateRunning, w.rec.Name, time.Now().UTC()
-		if err := s.putStep(rec); err != nil {
-			s.log.Error("cannot record a dispatch", "step", rec.ID, "error", err)
+		claimed, err := s.claim(rec.ID, w.rec.Name)
+		if err != nil {
+			if !errors.Is(err, errStateChanged) {
+				s.log.Error("cannot record a dispatch", "step", rec.ID, "error", err)
+			}
 			w.mu.Lock()
 			w.inflight--
 			w.mu.Unlock()
 			continue
 		}
 		s.log.Info("step dispatched", "step", rec.ID, "worker", w.rec.Name)
-		go s.drive(rec, w, false)
+		s.startDriving(claimed, w, false)
 	}
 }
 
@@ -174,7 +178,8 @@ func (s *Server) waitingFor(id string) string {
 // next, up to Config.WorkerLostAfter; then a step that was never sent is
 // queued again, and one that may have been ends LOST. resumed: an earlier
 // server process drove the step, and may have sent it.
-func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
+// ctx ends when the server closes or the step is no longer this node's.
+func (s *Server) drive(ctx context.Context, rec StepRecord, w *worker, resumed bool) {
 	log := s.log.With("step", rec.ID, "worker", rec.Assigned)
 	// The slot is given back before the step's end is recorded, so that
 	// whoever sees the step complete also sees its worker's slot free.
@@ -233,8 +238,8 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 	// are not asked for again.
 	rec.Cursor = max(rec.Cursor, tl.last)
 	started, cancelSent, sent := false, false, resumed
-	for s.ctx.Err() == nil {
-		client, done, err := w.waitClient(s.ctx, s.cfg.WorkerLostAfter)
+	for ctx.Err() == nil {
+		client, done, err := w.waitClient(ctx, s.cfg.WorkerLostAfter)
 		if errors.Is(err, errWorkerGone) {
 			if !sent {
 				requeue(requeueWorkerGone, err)
@@ -256,7 +261,7 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 			return
 		}
 		if !cancelSent && s.cancelRequested(rec.ID) {
-			_, err := client.CancelStep(s.ctx, &pb.CancelStepRequest{Ticket: rec.ID})
+			_, err := client.CancelStep(ctx, &pb.CancelStepRequest{Ticket: rec.ID})
 			switch {
 			case status.Code(err) == codes.NotFound && !started:
 				// Never reached the worker (a restart may have hidden
@@ -264,7 +269,7 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 				finish(rec, nil, "CANCELLED", "cancelled before it started on the worker")
 				return
 			case err != nil && retryable(err):
-				s.pause(done)
+				s.pause(ctx, done)
 				continue
 			case err != nil && status.Code(err) != codes.NotFound:
 				log.Warn("the worker refused to cancel the step", "error", err)
@@ -274,7 +279,7 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 		}
 		if !started {
 			sent = true
-			if _, err := client.StartStep(s.ctx, req); err != nil {
+			if _, err := client.StartStep(ctx, req); err != nil {
 				if transport.IsNotAccepting(err) {
 					// Draining, or low on disk: it recorded nothing, so
 					// another worker may run the step.
@@ -283,7 +288,7 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 					return
 				}
 				if retryable(err) {
-					s.pause(done)
+					s.pause(ctx, done)
 					continue
 				}
 				finish(rec, nil, "AGENT_ERROR", fmt.Sprintf("the worker refused the step: %v", err))
@@ -291,9 +296,9 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 			}
 			started = true
 		}
-		st, err := s.getStatus(client, rec, cancelSent)
+		st, err := s.getStatus(ctx, client, rec, cancelSent)
 		if err != nil {
-			if s.ctx.Err() == nil && !cancelSent && s.cancelRequested(rec.ID) {
+			if ctx.Err() == nil && !cancelSent && s.cancelRequested(rec.ID) {
 				continue // woken to send the cancel
 			}
 			if status.Code(err) == codes.NotFound {
@@ -302,13 +307,17 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 			}
 			if retryable(err) {
 				log.Debug("lost the worker mid-step; waiting for its next connection", "error", err)
-				s.pause(done)
+				s.pause(ctx, done)
 				continue
 			}
 			finish(rec, nil, "AGENT_ERROR", err.Error())
 			return
 		}
 		if rec, err = s.store(tl, rec, st.GetLines()); err != nil {
+			if errors.Is(err, errLeaseLost) {
+				log.Info("the step is driven by another server node now: this one stops")
+				return
+			}
 			log.Error("cannot store the step's log", "error", err)
 			time.Sleep(time.Second)
 			continue
@@ -319,7 +328,7 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 				// before the step's slot is free again.
 				s.askCaps(w, client)
 			}
-			s.complete(client, tl, rec, st, finish)
+			s.complete(ctx, client, tl, rec, st, finish)
 			return
 		}
 	}
@@ -327,8 +336,8 @@ func (s *Server) drive(rec StepRecord, w *worker, resumed bool) {
 
 // getStatus long-polls the step's status; a cancel request ends the wait
 // early so that it reaches the worker at once.
-func (s *Server) getStatus(client pb.AgentClient, rec StepRecord, cancelSent bool) (*pb.StepStatus, error) {
-	ctx, stop := context.WithCancel(s.ctx)
+func (s *Server) getStatus(ctx context.Context, client pb.AgentClient, rec StepRecord, cancelSent bool) (*pb.StepStatus, error) {
+	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if !cancelSent {
 		ch := s.cancelSignal(rec.ID)
@@ -355,11 +364,11 @@ func (s *Server) cancelRequested(id string) bool {
 }
 
 // pause waits a moment for a failing connection to be noticed as gone.
-func (s *Server) pause(done <-chan struct{}) {
+func (s *Server) pause(ctx context.Context, done <-chan struct{}) {
 	select {
 	case <-done:
 	case <-time.After(time.Second):
-	case <-s.ctx.Done():
+	case <-ctx.Done():
 	}
 }
 
@@ -392,12 +401,12 @@ func (s *Server) store(tl *taskLog, rec StepRecord, lines []*pb.LogLine) (StepRe
 
 // complete downloads the artifacts, completes the step on the worker and
 // records its end.
-func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus, finish func(StepRecord, *int32, string, string)) {
+func (s *Server) complete(ctx context.Context, client pb.AgentClient, tl *taskLog, rec StepRecord, st *pb.StepStatus, finish func(StepRecord, *int32, string, string)) {
 	dir := filepath.Join(s.cfg.ArtifactsDir, rec.ID)
 	s.recordOutputs(&rec, st.GetOutputVariables())
 	rec.Artifacts = nil
 	for _, a := range st.GetArtifacts() {
-		art, err := s.download(client, rec.ID, a, dir)
+		art, err := s.download(ctx, client, rec.ID, a, dir)
 		if err != nil {
 			s.log.Warn("artifact not downloaded", "step", rec.ID, "artifact", a.GetName(), "error", err)
 			continue
@@ -405,7 +414,7 @@ func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st
 		rec.Artifacts = append(rec.Artifacts, art)
 	}
 	for {
-		done, err := client.CompleteStep(s.ctx, &pb.CompleteStepRequest{Ticket: rec.ID, AfterSequence: rec.Cursor})
+		done, err := client.CompleteStep(ctx, &pb.CompleteStepRequest{Ticket: rec.ID, AfterSequence: rec.Cursor})
 		if err != nil {
 			s.log.Warn("CompleteStep failed; the worker will clean up by retention", "step", rec.ID, "error", err)
 			break
@@ -421,20 +430,29 @@ func (s *Server) complete(client pb.AgentClient, tl *taskLog, rec StepRecord, st
 
 func (s *Server) finish(rec StepRecord, code *int32, outcome, reason string) {
 	rec.State, rec.Outcome, rec.ExitCode, rec.Reason, rec.FinishedAt = StateComplete, outcome, code, reason, time.Now().UTC()
-	s.metrics.completed.WithLabelValues(outcome).Inc()
-	if err := s.putStep(rec); err != nil {
+	switch err := s.putStep(rec); {
+	case errors.Is(err, errLeaseLost):
+		s.log.Warn("the step's end is not recorded here: another server node drives it now", "step", rec.ID, "outcome", outcome)
+		return
+	case err != nil:
 		s.log.Error("cannot record the step's end", "step", rec.ID, "error", err)
 	}
-	s.log.Info("step complete", "step", rec.ID, "outcome", outcome, "reason", reason)
+	s.ended(rec)
 }
 
-func (s *Server) download(client pb.AgentClient, id string, a *pb.Artifact, dir string) (Artifact, error) {
+// ended counts and logs a step's end.
+func (s *Server) ended(rec StepRecord) {
+	s.metrics.completed.WithLabelValues(rec.Outcome).Inc()
+	s.log.Info("step complete", "step", rec.ID, "outcome", rec.Outcome, "reason", rec.Reason)
+}
+
+func (s *Server) download(ctx context.Context, client pb.AgentClient, id string, a *pb.Artifact, dir string) (Artifact, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Artifact{}, err
 	}
 	name := filepath.Base(filepath.Clean("/" + a.GetName()))
 	path := filepath.Join(dir, name)
-	stream, err := client.DownloadFile(s.ctx, &pb.DownloadFileRequest{Ticket: id, Path: a.GetPath()})
+	stream, err := client.DownloadFile(ctx, &pb.DownloadFileRequest{Ticket: id, Path: a.GetPath()})
 	if err != nil {
 		return Artifact{}, err
 	}

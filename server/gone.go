@@ -33,7 +33,7 @@ const (
 // is now): it never ran, so another worker may run it.
 func (s *Server) requeue(rec StepRecord, label string, why error) {
 	worker := rec.Assigned
-	rec.State, rec.Assigned, rec.StartedAt = StateQueued, "", time.Time{}
+	rec.State, rec.Assigned, rec.StartedAt, rec.Node = StateQueued, "", time.Time{}, ""
 	if err := s.putStep(rec); err != nil {
 		s.log.Error("cannot queue a step again", "step", rec.ID, "error", err)
 		return

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -45,11 +46,10 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 	}
 	// As dispatch does, had the worker been up a moment before.
 	inflight(1)
-	rec.State, rec.Assigned, rec.StartedAt = StateRunning, "w1", time.Now()
-	if err := s.putStep(rec); err != nil {
+	if rec, err = s.claim(rec.ID, "w1"); err != nil {
 		t.Fatal(err)
 	}
-	s.drive(rec, w, false)
+	s.drive(context.Background(), rec, w, false)
 	got, _ := s.Step(rec.ID)
 	if got.State != StateQueued || got.Assigned != "" || got.Outcome != "" {
 		t.Fatalf("state %q assigned %q outcome %q, want queued again", got.State, got.Assigned, got.Outcome)
@@ -58,9 +58,11 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 		t.Errorf("the worker's slot was not given back: %d in flight", n)
 	}
 	// A step an earlier server process drove may have been sent: LOST.
-	got.State, got.Assigned = StateRunning, "w1"
+	if got, err = s.claim(rec.ID, "w1"); err != nil {
+		t.Fatal(err)
+	}
 	inflight(1)
-	s.drive(got, w, true)
+	s.drive(context.Background(), got, w, true)
 	if got, _ = s.Step(rec.ID); got.Outcome != "LOST" {
 		t.Fatalf("outcome %q (%s), want LOST", got.Outcome, got.Reason)
 	}
@@ -71,14 +73,13 @@ func TestStepNeverSentIsQueuedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	inflight(1)
-	rec.State, rec.Assigned = StateRunning, "w1"
-	if err := s.putStep(rec); err != nil {
+	if rec, err = s.claim(rec.ID, "w1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Cancel(rec.ID); err != nil {
 		t.Fatal(err)
 	}
-	s.drive(rec, w, false)
+	s.drive(context.Background(), rec, w, false)
 	if got, _ = s.Step(rec.ID); got.Outcome != "CANCELLED" || inflight(0) != 0 {
 		t.Fatalf("outcome %q (%s), %d in flight; want CANCELLED and the slot back", got.Outcome, got.Reason, inflight(0))
 	}

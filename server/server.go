@@ -96,6 +96,15 @@ type Config struct {
 	QueueTimeout time.Duration
 	// TaskLogsDir and ArtifactsDir default to directories in DataDir.
 	TaskLogsDir, ArtifactsDir string
+	// Node names this server among the nodes sharing one database
+	// (NODE_NAME); it defaults to the host's name. Nodes on one database
+	// must have names of their own.
+	Node string
+	// StepLease is how long a node's hold on a running step lasts unless
+	// renewed (a third of it apart): the longest a step waits for another
+	// node after its node dies. 0: DefaultStepLease. Only a shared store
+	// (PostgreSQL) keeps leases.
+	StepLease time.Duration
 	// OpenStore opens the server's state; nil opens the bbolt file
 	// DATA_DIR/server.db. New calls it once; Close closes what it opened.
 	OpenStore func() (store.Store, error)
@@ -115,13 +124,19 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{}
-	// dispatchMu orders a queued step's dispatch against its cancel.
+	// dispatchMu orders this node's dispatches; the store's claims
+	// order them against other nodes' and against a cancel.
 	dispatchMu sync.Mutex
+	// shared: other server nodes may use the store (nodes.go).
+	shared    bool
+	leaseWake chan struct{}
 
 	mu      sync.Mutex
 	workers map[string]*worker // by name
 	changed map[string]chan struct{}
 	cancels map[string]chan struct{}
+	// driving holds the steps this node's drivers drive (nodes.go).
+	driving map[string]*hold
 	// waiting says why each queued step is not dispatched yet.
 	waiting map[string]string
 	conns   map[*transport.PollingConn]bool
@@ -152,6 +167,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Node == "" {
+		cfg.Node = nodeName()
+	}
+	if cfg.StepLease <= 0 {
+		cfg.StepLease = DefaultStepLease
+	}
 	if cfg.OpenStore == nil {
 		path := filepath.Join(cfg.DataDir, dbFile)
 		cfg.OpenStore = func() (store.Store, error) { return boltstore.Open(path) }
@@ -163,7 +184,10 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{}, waiting: map[string]string{},
-		conns: map[*transport.PollingConn]bool{}}
+		conns: map[*transport.PollingConn]bool{}, driving: map[string]*hold{}, leaseWake: make(chan struct{}, 1)}
+	s.log = s.log.With("node", cfg.Node)
+	watcher, shared := db.(store.Watcher)
+	s.shared = shared
 	s.metrics = newServerMetrics(s)
 	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
 		db.Close()
@@ -188,14 +212,28 @@ func New(cfg Config) (*Server, error) {
 			go s.keepListening(w)
 		}
 	}
-	// Steps that were running are driven on from their cursors.
-	for _, rec := range s.Steps() {
-		if rec.State == StateRunning {
+	if shared {
+		// Steps are taken over as their leases allow, this node's own
+		// from an earlier process at once.
+		go s.watch(watcher)
+		go s.keepLeases()
+	} else {
+		// One node: the steps that were running are driven on from their
+		// cursors, whichever process drove them.
+		for _, rec := range s.steps(StateRunning) {
+			rec, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
+				cur.Node = cfg.Node
+				return nil
+			})
+			if err != nil {
+				s.log.Error("cannot resume a step", "step", rec.ID, "error", err)
+				continue
+			}
 			w := s.workers[rec.Assigned]
 			if w != nil {
 				w.inflight++
 			}
-			go s.drive(rec, w, true)
+			s.startDriving(rec, w, true)
 		}
 	}
 	go s.dispatchLoop()
@@ -328,12 +366,13 @@ func (s *Server) Cancel(id string) (StepRecord, error) {
 		case rec.State == StateComplete:
 			return rec, ErrStepComplete
 		case rec.State == StateQueued:
-			// dispatchMu keeps dispatch, and so any change, away.
-			s.mu.Lock()
-			delete(s.waiting, id)
-			s.mu.Unlock()
-			rec.CancelRequested = true
-			s.finish(rec, nil, "CANCELLED", "cancelled before it was dispatched")
+			_, err := s.endQueued(id, true, "CANCELLED", "cancelled before it was dispatched")
+			if errors.Is(err, errStateChanged) {
+				continue // dispatched since it was read: cancel it on its worker
+			}
+			if err != nil {
+				return rec, err
+			}
 		default:
 			err := s.markCancel(id)
 			if errors.Is(err, errStateChanged) {
@@ -342,13 +381,8 @@ func (s *Server) Cancel(id string) (StepRecord, error) {
 			if err != nil {
 				return rec, err
 			}
-			s.log.Info("step cancel requested", "step", id, "worker", rec.Assigned)
-			s.mu.Lock()
-			if ch := s.cancels[id]; ch != nil {
-				close(ch)
-				delete(s.cancels, id)
-			}
-			s.mu.Unlock()
+			s.log.Info("step cancel requested", "step", id, "worker", rec.Assigned, "driven_by", rec.Node)
+			s.signalCancel(id) // a driver on another node hears it through the store's Watch
 		}
 		rec, _ = s.Step(id)
 		return rec, nil
@@ -476,16 +510,56 @@ func (s *Server) notify(id string) {
 	}
 }
 
-// putStep writes rec, a driver's copy of its step, over the stored one.
-// A cancel request is sticky in the store: a copy older than the request
-// does not undo it.
+// putStep writes rec, a driver's copy of its step, over the stored one,
+// only while the step is running and this node's (errLeaseLost, and
+// nothing written, when it is not). A cancel request is sticky in the
+// store: a copy older than the request does not undo it; nor does it move
+// back a lease renewed since the copy was read.
 func (s *Server) putStep(rec StepRecord) error {
 	_, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
+		if cur.State != StateRunning || cur.Node != s.cfg.Node {
+			return errLeaseLost
+		}
+		lease := cur.LeaseUntil
 		*cur = rec
+		cur.Node = s.cfg.Node
+		if rec.State == StateQueued {
+			cur.Node = "" // back to the queue: any node's to claim
+		}
+		switch {
+		case rec.State != StateRunning:
+			cur.LeaseUntil = time.Time{}
+		case lease.After(rec.LeaseUntil):
+			cur.LeaseUntil = lease
+		}
 		return nil
 	})
 	s.notify(rec.ID)
 	return err
+}
+
+// endQueued ends step id with outcome if it is still queued; a step that
+// is not (a node dispatched it meanwhile) is errStateChanged.
+func (s *Server) endQueued(id string, cancel bool, outcome, reason string) (StepRecord, error) {
+	rec, err := s.db.UpdateStep(id, func(cur *StepRecord) error {
+		if cur.State != StateQueued {
+			return errStateChanged
+		}
+		cur.CancelRequested = cur.CancelRequested || cancel
+		cur.State, cur.Outcome, cur.Reason, cur.FinishedAt = StateComplete, outcome, reason, time.Now().UTC()
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return rec, errStateChanged
+	}
+	if err == nil {
+		s.mu.Lock()
+		delete(s.waiting, id)
+		s.mu.Unlock()
+		s.ended(rec)
+	}
+	s.notify(id)
+	return rec, err
 }
 
 // Workers lists the workers, by name.
