@@ -159,6 +159,9 @@ func (s *Server) connect(w *worker, client pb.AgentClient, done <-chan struct{},
 	go s.refreshCaps(w, capsRefresh)
 	go s.collectAbandoned(w, client)
 	s.kick()
+	if s.shared {
+		s.kickLeases() // its steps another node drove may be this one's now
+	}
 }
 
 // disconnect ends the connection done belongs to, if it is still the

@@ -36,7 +36,8 @@ type serverOptions struct {
 	builtinSlots                                        int
 	retention                                           time.Duration
 	maxStorage                                          string
-	workerLostAfter, queueTimeout                       time.Duration
+	workerLostAfter, queueTimeout, stepLease            time.Duration
+	node                                                string
 }
 
 func newServerCommand() *cobra.Command {
@@ -62,6 +63,16 @@ bbolt file in DATA_DIR, or, with --db or DB_CONNECTION_STRING
 (postgres://USER:PASSWORD@HOST:PORT/DATABASE), a PostgreSQL database, whose
 schema the server migrates at start-up; task logs and artifacts stay in
 DATA_DIR either way.
+
+Several server nodes may serve one queue: give each the same --db and
+MASTER_KEY, a --node name of its own, and --task-logs and --artifacts on a
+directory every node reads and writes (an NFS or cloud file share). A step
+submitted through any node goes to whichever node its worker is connected
+to; any node answers for any step and follows its live log. A node holds
+each step it drives by a lease (--step-lease), renewed while the worker is
+connected to it; when a node dies, its workers redial another node (give
+agents every node's address) and that node drives their steps on from
+their cursors once the leases have run out.
 
 The admin creates API keys (POST /api/keys {"name","role"}) for CI systems
 and dashboards, which send them as bearer tokens: role reader reads steps,
@@ -106,6 +117,8 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	f.DurationVar(&o.retention, "retention", 0, "remove completed steps, their task logs and artifacts after this long (0: keep them)")
 	f.DurationVar(&o.workerLostAfter, "worker-lost-after", 30*time.Minute, "how long a running step waits for its worker to come back before it ends LOST (one never sent is queued again); 0: for ever")
 	f.DurationVar(&o.queueTimeout, "queue-timeout", 0, "how long a step waits in the queue for a worker when its submission does not say; then it ends TIMED_OUT (0: for ever)")
+	f.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this server node's name among the nodes sharing --db (env NODE_NAME; default: the host name)")
+	f.DurationVar(&o.stepLease, "step-lease", server.DefaultStepLease, "how long a node's hold on a running step lasts unless renewed: the longest its steps wait for another node after it dies (with --db)")
 	f.StringVar(&o.maxStorage, "max-storage", "0", "keep at most this much of completed steps' task logs and artifacts, e.g. 50GiB; the steps that completed first go (0: no bound)")
 	o.log.flags(f)
 	cmd.AddCommand(newShowMasterKeyCommand())
@@ -144,7 +157,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
 		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
 		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"), OpenStore: openStore,
-		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Logger: log})
+		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Node: o.node, StepLease: o.stepLease, Logger: log})
 	if err != nil {
 		return err
 	}
