@@ -1,0 +1,105 @@
+package server
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"stevedore/internal/testenv"
+	pb "stevedore/proto/stevedore/v1"
+	"stevedore/transport"
+)
+
+// newNode is a server node named name on the database url (PostgreSQL).
+func newNode(t *testing.T, name, url string) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	id, _, err := transport.LoadOrCreateIdentity(filepath.Join(dir, "id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, _ := transport.NewTrustList()
+	b := &TestBackend{Name: testenv.BackendPostgres, URL: url}
+	s, err := New(Config{DataDir: dir, Identity: id, Trust: trust, AdminPassword: "x", MasterKey: "AAAAAAAAAAAAAAAAAAAAAA==", Node: name,
+		StepLease: time.Hour, WorkerLostAfter: time.Minute, Logger: hclog.NewNullLogger(), OpenStore: b.OpenStore()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Which running steps a node may take over, by whose lease and where the
+// worker is connected.
+func TestMayTake(t *testing.T) {
+	s := newNode(t, "a", testenv.Postgres(t))
+	up, down := newWorker(WorkerRecord{Name: "up"}), newWorker(WorkerRecord{Name: "down"})
+	up.client = pb.NewAgentClient(nil)
+	s.mu.Lock()
+	s.workers["up"], s.workers["down"] = up, down
+	s.mu.Unlock()
+	now := time.Now()
+	cases := []struct {
+		name   string
+		node   string
+		worker string
+		lease  time.Time
+		want   bool
+	}{
+		{"its own, from an earlier process", "a", "down", now.Add(time.Minute), true},
+		{"another node's, held", "b", "up", now.Add(time.Second), false},
+		{"another node's, run out, worker here", "b", "up", now.Add(-time.Second), true},
+		{"another node's, run out, worker elsewhere", "b", "down", now.Add(-time.Second), false},
+		{"run out longer than WorkerLostAfter, worker nowhere", "b", "down", now.Add(-2 * time.Minute), true},
+		{"never leased (an older server's), worker here", "", "up", time.Time{}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := s.mayTake(StepRecord{Node: c.node, Assigned: c.worker, LeaseUntil: c.lease}, now); got != c.want {
+				t.Errorf("mayTake = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// A node whose step was taken over by another writes nothing more to it,
+// and its driver is stopped at the next renewal.
+func TestLostLeaseFencesTheDriver(t *testing.T) {
+	url := testenv.Postgres(t)
+	a, b := newNode(t, "a", url), newNode(t, "b", url)
+	rec, err := a.Submit(SubmitRequest{Pool: "p", Step: &pb.StartStepRequest{Script: &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: "true"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err = a.claim(rec.ID, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.claim(rec.ID, "w2"); !errors.Is(err, errStateChanged) {
+		t.Fatalf("a second claim: %v, want errStateChanged", err)
+	}
+	ctx, h := a.holdStep(rec.ID)
+	defer a.unhold(rec.ID, h)
+	// b takes it over, as it would once a's lease ran out.
+	if _, err := b.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
+		cur.Node, cur.LeaseUntil = "b", time.Now().Add(time.Hour)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rec.Cursor = 5
+	if err := a.putStep(rec); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("a's write after the takeover: %v, want errLeaseLost", err)
+	}
+	if got, _ := b.Step(rec.ID); got.Cursor != 0 || got.Node != "b" {
+		t.Errorf("a's write landed: cursor %d, node %q", got.Cursor, got.Node)
+	}
+	a.renewLeases()
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a's driver was not stopped")
+	}
+}
