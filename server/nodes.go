@@ -145,7 +145,9 @@ func (s *Server) renewLeases() {
 	for id, h := range holds {
 		_, err := s.db.UpdateStep(id, func(cur *StepRecord) error {
 			switch {
-			case cur.State != StateRunning || cur.Node != s.cfg.Node:
+			case cur.State != StateRunning:
+				return errStateChanged // ended or queued again: its driver is done with it
+			case cur.Node != s.cfg.Node:
 				return errLeaseLost
 			case !s.connectedHere(cur.Assigned):
 				return errKeep
@@ -154,11 +156,10 @@ func (s *Server) renewLeases() {
 			return nil
 		})
 		switch {
-		case errors.Is(err, errLeaseLost), errors.Is(err, store.ErrNotFound):
-			if s.held(id) {
-				s.log.Info("step driven by another server node now: this one stops", "step", id)
-			}
+		case errors.Is(err, errLeaseLost):
+			s.log.Info("step driven by another server node now: this one stops", "step", id)
 			h.cancel()
+		case errors.Is(err, errStateChanged), errors.Is(err, store.ErrNotFound):
 		case err != nil && !errors.Is(err, errKeep):
 			s.log.Warn("cannot renew a step's lease", "step", id, "error", err)
 		}
