@@ -32,12 +32,17 @@ const (
 	dialTimeout = 20 * time.Second
 )
 
-// Poller keeps a polling agent connected to its server.
+// Poller keeps a polling agent connected to one of its servers.
 type Poller struct {
-	// Addr is the server's polling address, e.g. "server.example:10943".
-	Addr     string
+	// Addr is a server's polling address, e.g. "server.example:10943": the
+	// whole list of a poller with one server.
+	Addr string
+	// Addrs are the polling addresses of the server's nodes, dialed after
+	// Addr when both are set. Any of them serves the agent, so the poller
+	// keeps to the one that last answered and moves on when it does not.
+	Addrs    []string
 	Identity *Identity
-	// Server pins the server's thumbprint(s).
+	// Server pins the server's thumbprint(s), of every node.
 	Server *TrustList
 	Log    hclog.Logger
 	// Backoff bounds between attempts; zero: DefaultMinBackoff/DefaultMaxBackoff.
@@ -58,9 +63,16 @@ func PollingServerOptions() []grpc.ServerOption {
 
 // Run dials the server and serves srv over every connection it dials, one
 // at a time, redialing with jittered exponential backoff when a connection
-// fails or ends, until ctx ends. srv must have been made with
-// PollingServerOptions.
+// fails or ends, until ctx ends. Each round of dials starts with the
+// address that last connected (a node restarting is the common case) and
+// moves on to the next at once when one fails; the backoff is waited only
+// when a whole round failed, or after a connection ended. srv must have
+// been made with PollingServerOptions.
 func (p *Poller) Run(ctx context.Context, srv *grpc.Server) error {
+	addrs := p.addrs()
+	if len(addrs) == 0 {
+		return errors.New("polling: no server address")
+	}
 	log := p.Log
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -76,15 +88,17 @@ func (p *Poller) Run(ctx context.Context, srv *grpc.Server) error {
 	go srv.Serve(lis)
 	defer lis.Close()
 	backoff := minB
+	last := 0 // index in addrs of the address that last connected
 	for {
-		started := time.Now()
-		conn, err := p.dial(ctx)
+		conn, i, err := p.dialRound(ctx, addrs, last, log)
 		if err == nil {
-			log.Info("connected to the server", "server", p.Addr)
+			last = i
+			started := time.Now()
+			log.Info("connected to the server", "server", addrs[i])
 			done := lis.push(conn)
 			select {
 			case <-done:
-				log.Warn("connection to the server ended; redialing", "server", p.Addr, "lived", time.Since(started).Round(time.Second))
+				log.Warn("connection to the server ended; redialing", "server", addrs[i], "lived", time.Since(started).Round(time.Second))
 			case <-ctx.Done():
 				conn.Close()
 				return ctx.Err()
@@ -96,7 +110,7 @@ func (p *Poller) Run(ctx context.Context, srv *grpc.Server) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			log.Warn("cannot reach the server", "server", p.Addr, "error", err, "retry_in_at_most", backoff)
+			log.Warn("cannot reach the server", "servers", len(addrs), "error", err, "retry_in_at_most", backoff)
 		}
 		// Full jitter: agents dropped together (a server restart) come
 		// back spread over the whole window, not as one wave.
@@ -110,14 +124,44 @@ func (p *Poller) Run(ctx context.Context, srv *grpc.Server) error {
 	}
 }
 
-// dial opens a TLS connection to the server, pinning its thumbprint.
-func (p *Poller) dial(ctx context.Context) (net.Conn, error) {
+// addrs is Addr, if set, then Addrs.
+func (p *Poller) addrs() []string {
+	if p.Addr == "" {
+		return p.Addrs
+	}
+	return append([]string{p.Addr}, p.Addrs...)
+}
+
+// dialRound dials addrs in turn from first, wrapping around, and returns
+// the first connection made and its address's index; when every address
+// failed, the error joins every dial's.
+func (p *Poller) dialRound(ctx context.Context, addrs []string, first int, log hclog.Logger) (net.Conn, int, error) {
+	var errs []error
+	for n := range addrs {
+		i := (first + n) % len(addrs)
+		conn, err := p.dial(ctx, addrs[i])
+		if err == nil {
+			return conn, i, nil
+		}
+		if ctx.Err() != nil {
+			return nil, 0, err
+		}
+		if n < len(addrs)-1 {
+			log.Warn("cannot reach this server node; trying the next", "server", addrs[i], "error", err)
+		}
+		errs = append(errs, err)
+	}
+	return nil, 0, errors.Join(errs...)
+}
+
+// dial opens a TLS connection to the server at addr, pinning its thumbprint.
+func (p *Poller) dial(ctx context.Context, addr string) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	d := tls.Dialer{NetDialer: &net.Dialer{KeepAlive: keepaliveTime}, Config: ClientTLSConfig(p.Identity, p.Server)}
-	conn, err := d.DialContext(dctx, "tcp", p.Addr)
+	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", p.Addr, err)
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	return conn, nil
 }

@@ -33,6 +33,7 @@ type pollingServer struct {
 	id    *Identity
 	trust *TrustList
 	addr  string
+	lis   net.Listener
 	conns chan *PollingConn
 	errs  chan error
 	logs  *syncBuffer
@@ -52,6 +53,12 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 func newPollingServer(t testing.TB, trusted ...string) *pollingServer {
 	t.Helper()
+	return newPollingServerAt(t, "127.0.0.1:0", trusted...)
+}
+
+// newPollingServerAt is newPollingServer listening on addr.
+func newPollingServerAt(t testing.TB, addr string, trusted ...string) *pollingServer {
+	t.Helper()
 	id, _, err := LoadOrCreateIdentity(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -60,11 +67,11 @@ func newPollingServer(t testing.TB, trusted ...string) *pollingServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &pollingServer{id: id, trust: trust, addr: lis.Addr().String(), conns: make(chan *PollingConn, 1024), errs: make(chan error, 1024), logs: &syncBuffer{}}
+	s := &pollingServer{id: id, trust: trust, addr: lis.Addr().String(), lis: lis, conns: make(chan *PollingConn, 1024), errs: make(chan error, 1024), logs: &syncBuffer{}}
 	log := hclog.New(&hclog.LoggerOptions{Output: s.logs})
 	t.Cleanup(func() { lis.Close() })
 	go func() {
@@ -85,6 +92,10 @@ func newPollingServer(t testing.TB, trusted ...string) *pollingServer {
 	}()
 	return s
 }
+
+// stop closes the listener: the node is gone, and dials to it are refused.
+// Connections accepted stay up.
+func (s *pollingServer) stop() { s.lis.Close() }
 
 // startPoller runs a polling agent named name until the test ends.
 func startPoller(t testing.TB, serverAddr, serverThumbprint string, id *Identity, name string) {

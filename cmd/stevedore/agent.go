@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
 	"stevedore/agent"
@@ -31,7 +33,6 @@ func newAgentCommand() *cobra.Command {
 	var (
 		configFile, stateDir, listen, bundleDir, name string
 		logOpts                                       logOptions
-		server, serverThumbprint, registerURL         string
 		metricsAddr                                   string
 		trust, labels, pools                          []string
 		maxSteps                                      int
@@ -47,6 +48,12 @@ thumbprint is trusted (--trust, or trust in the --config file). In polling
 mode (--server ADDR --server-thumbprint T) it dials the server instead, for
 workers behind NAT or firewalls, and serves the same service over the
 connection it dialed, redialing with jittered backoff (1 s to 60 s).
+
+A server of several nodes: give each node's polling address, and the
+thumbprint of each node's certificate (one, if they share it), repeated or
+comma-separated (--server a:10943,b:10943). The agent keeps to the node it
+last connected to and moves on to the next at once when that one fails;
+it waits the backoff only when every node failed.
 
 --config FILE is an HCL file with the same settings and more: feeds
 (registries and their credentials), allowed_images, pre-pulled images and
@@ -113,7 +120,11 @@ over the file.`,
 			if flags.Changed("retention") {
 				cfg.Retention = retention
 			}
-			return serveAgent(cmd.Context(), cfg, polling{addr: server, thumbprint: serverThumbprint, registerURL: registerURL}, log)
+			poll, err := pollingFlags(flags)
+			if err != nil {
+				return err
+			}
+			return serveAgent(cmd.Context(), cfg, poll, log)
 		},
 	}
 	stateDirFlag(cmd, &stateDir)
@@ -129,9 +140,9 @@ over the file.`,
 	f.StringVar(&maxLogSize, "max-log-size", "0", "bytes of a step's own output kept in its log, e.g. 1GiB; past it the output is counted, not kept, and the log says so (0: no bound)")
 	f.StringVar(&name, "name", "", "this worker's name (default: the host name)")
 	f.StringArrayVar(&labels, "label", nil, "a label K=V reported to the server (repeatable)")
-	f.StringVar(&server, "server", "", "polling mode: the server's polling address (host:10943)")
-	f.StringVar(&serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
-	f.StringVar(&registerURL, "register", "", "polling mode: first register this agent's thumbprint at the server's API (http(s)://host:8080) with STEVEDORE_REGISTRATION_TOKEN")
+	f.StringSlice("server", nil, "polling mode: the server's polling address (host:10943); several nodes: repeated or comma-separated")
+	f.StringSlice("server-thumbprint", nil, "polling mode: the server's certificate thumbprint; of several nodes: repeated or comma-separated")
+	f.String("register", "", "polling mode: first register this agent's thumbprint at the server's API (http(s)://host:8080) with STEVEDORE_REGISTRATION_TOKEN")
 	f.StringArrayVar(&pools, "pool", nil, "a pool this worker belongs to (repeatable)")
 	logOpts.flags(f)
 	f.DurationVar(&retention, "retention", 24*time.Hour, "how long an uncollected completed step keeps its container and workspace, and a collected one its tombstone")
@@ -139,12 +150,49 @@ over the file.`,
 	return cmd
 }
 
-// polling is the server a polling agent dials; empty addr: listening mode.
-// registerURL, when set, is the server's API, where the agent registers its
-// thumbprint with STEVEDORE_REGISTRATION_TOKEN before it dials.
+// polling is the server a polling agent dials; no addrs: listening mode.
+// addrs are its nodes' polling addresses, thumbprints their certificates'
+// (a set: any node may present any of them). registerURL, when set, is the
+// server's API, where the agent registers its thumbprint with
+// STEVEDORE_REGISTRATION_TOKEN before it dials.
 type polling struct {
-	addr, thumbprint string
-	registerURL      string
+	addrs, thumbprints []string
+	registerURL        string
+}
+
+// pollingFlags reads --server, --server-thumbprint and --register.
+func pollingFlags(f *pflag.FlagSet) (polling, error) {
+	addrs, _ := f.GetStringSlice("server")
+	prints, _ := f.GetStringSlice("server-thumbprint")
+	register, _ := f.GetString("register")
+	return newPolling(addrs, prints, register)
+}
+
+// newPolling checks and normalises a polling agent's settings, dropping
+// repeats. Addresses must be HOST:PORT and thumbprints thumbprints now, so
+// that a typo stops the agent at start rather than making it redial for
+// ever.
+func newPolling(addrs, thumbprints []string, registerURL string) (polling, error) {
+	p := polling{registerURL: registerURL}
+	for _, a := range addrs {
+		a = strings.TrimSpace(a)
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return polling{}, fmt.Errorf("--server %q: want HOST:PORT, e.g. server.example:10943: %w", a, err)
+		}
+		if !slices.Contains(p.addrs, a) {
+			p.addrs = append(p.addrs, a)
+		}
+	}
+	for _, t := range thumbprints {
+		tp, err := transport.ParseThumbprint(t)
+		if err != nil {
+			return polling{}, fmt.Errorf("--server-thumbprint: %w", err)
+		}
+		if !slices.Contains(p.thumbprints, tp) {
+			p.thumbprints = append(p.thumbprints, tp)
+		}
+	}
+	return p, nil
 }
 
 // agentPIDFile, in the state dir, names the running agent's process for
@@ -215,10 +263,11 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	if err != nil {
 		return err
 	}
-	if poll.addr != "" {
-		cfg.Trust = []string{poll.thumbprint}
+	polls := len(poll.addrs) > 0
+	if polls {
+		cfg.Trust = poll.thumbprints
 	}
-	if len(cfg.Trust) == 0 || (poll.addr != "" && poll.thumbprint == "") {
+	if len(cfg.Trust) == 0 {
 		return errors.New("no trusted thumbprint: nobody could connect; give the server's with --trust, or --server-thumbprint in polling mode (`stevedore cert` prints it)")
 	}
 	trustList, err := transport.NewTrustList(cfg.Trust...)
@@ -288,7 +337,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 	}()
 	errc := make(chan error, 1)
 	var srv *grpc.Server
-	if poll.addr != "" {
+	if polls {
 		// The same service, served over the connection the agent dials.
 		srv = grpc.NewServer(transport.PollingServerOptions()...)
 		pb.RegisterAgentServer(srv, a)
@@ -297,12 +346,12 @@ func serveAgent(ctx context.Context, cfg config.Agent, poll polling, log hclog.L
 			if token == "" {
 				return errors.New("--register needs STEVEDORE_REGISTRATION_TOKEN, the server's registration token")
 			}
-			if err := registerAgent(ctx, poll.registerURL, token, poll.thumbprint, id.Thumbprint, log.Named("register")); err != nil {
+			if err := registerAgent(ctx, poll.registerURL, token, poll.thumbprints, id.Thumbprint, log.Named("register")); err != nil {
 				return err
 			}
 		}
-		p := &transport.Poller{Addr: poll.addr, Identity: id, Server: trustList, Log: log.Named("polling")}
-		log.Info("agent polling", "server", poll.addr, "thumbprint", id.Thumbprint, "bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "pools", cfg.Pools)
+		p := &transport.Poller{Addrs: poll.addrs, Identity: id, Server: trustList, Log: log.Named("polling")}
+		log.Info("agent polling", "servers", poll.addrs, "thumbprint", id.Thumbprint, "bundle", bundle.Dir, "max_steps", cfg.MaxSteps, "pools", cfg.Pools)
 		go func() { errc <- p.Run(ctx, srv) }()
 	} else {
 		lis, err := transport.Listen(cfg.Listen)

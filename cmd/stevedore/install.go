@@ -39,9 +39,10 @@ const (
 )
 
 type installOptions struct {
-	root, server, serverThumbprint, register, listen string
-	trust, pools, labels                             []string
-	noStart                                          bool
+	root, register, listen   string
+	server, serverThumbprint []string
+	trust, pools, labels     []string
+	noStart                  bool
 }
 
 func newInstallCommand() *cobra.Command {
@@ -66,6 +67,10 @@ STEVEDORE_REGISTRATION_TOKEN in this environment, the agent trusts itself at
 the server on its first start):
   stevedore install agent --server HOST:10943 --server-thumbprint T \
     --register https://HOST:8080 --pool linux
+A server of several nodes: every node's address and certificate thumbprint,
+repeated or comma-separated:
+  stevedore install agent --server node1:10943,node2:10943 \
+    --server-thumbprint T1,T2 --register https://HOST:8080 --pool linux
 Listening mode:
   stevedore install agent --listen :10933 --trust SERVER_THUMBPRINT`,
 		Args: cobra.NoArgs,
@@ -73,8 +78,8 @@ Listening mode:
 	}
 	f := agentCmd.Flags()
 	f.StringVar(&o.root, "root", "/", "install under this directory instead (for images and tests)")
-	f.StringVar(&o.server, "server", "", "polling mode: the server's polling address (host:10943)")
-	f.StringVar(&o.serverThumbprint, "server-thumbprint", "", "polling mode: the server's certificate thumbprint")
+	f.StringSliceVar(&o.server, "server", nil, "polling mode: the server's polling address (host:10943); several nodes: repeated or comma-separated")
+	f.StringSliceVar(&o.serverThumbprint, "server-thumbprint", nil, "polling mode: the server's certificate thumbprint; of several nodes: repeated or comma-separated")
 	f.StringVar(&o.register, "register", "", "polling mode: register the agent's thumbprint at this server API URL on first start (needs STEVEDORE_REGISTRATION_TOKEN)")
 	f.StringVar(&o.listen, "listen", "", "listening mode: the address to serve on (e.g. :10933)")
 	f.StringArrayVar(&o.trust, "trust", nil, "listening mode: a server thumbprint to trust (repeatable)")
@@ -144,21 +149,22 @@ func installServer(o *installServerOptions, out io.Writer) error {
 }
 
 func installAgent(o *installOptions, out io.Writer) error {
-	polling, listening := o.server != "", o.listen != ""
+	polling, listening := len(o.server) > 0, o.listen != ""
 	switch {
 	case polling == listening:
 		return errors.New("give --server and --server-thumbprint (polling mode) or --listen and --trust (listening mode)")
-	case polling && o.serverThumbprint == "":
+	case polling && len(o.serverThumbprint) == 0:
 		return errors.New("--server needs --server-thumbprint")
 	case listening && len(o.trust) == 0:
 		return errors.New("--listen needs at least one --trust thumbprint: no server could connect")
 	case o.register != "" && os.Getenv("STEVEDORE_REGISTRATION_TOKEN") == "":
 		return errors.New("--register needs the server's STEVEDORE_REGISTRATION_TOKEN in the environment")
 	}
-	for _, t := range append(slices.Clone(o.trust), o.serverThumbprint) {
-		if t == "" {
-			continue
-		}
+	poll, err := newPolling(o.server, o.serverThumbprint, o.register)
+	if err != nil {
+		return err
+	}
+	for _, t := range o.trust {
 		if _, err := transport.ParseThumbprint(t); err != nil {
 			return err
 		}
@@ -173,7 +179,8 @@ func installAgent(o *installOptions, out io.Writer) error {
 	}
 	env := []string{"MASTER_KEY=" + randomSecret(16)}
 	if polling {
-		env = append(env, "STEVEDORE_SERVER="+o.server, "STEVEDORE_SERVER_THUMBPRINT="+o.serverThumbprint)
+		// Lists as the agent reads them from its environment: comma-separated.
+		env = append(env, "STEVEDORE_SERVER="+strings.Join(poll.addrs, ","), "STEVEDORE_SERVER_THUMBPRINT="+strings.Join(poll.thumbprints, ","))
 		if o.register != "" {
 			env = append(env, "STEVEDORE_REGISTER="+o.register, "STEVEDORE_REGISTRATION_TOKEN="+os.Getenv("STEVEDORE_REGISTRATION_TOKEN"))
 		}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -110,6 +111,7 @@ func TestInstallAgentRefusesIncompleteSettings(t *testing.T) {
 		{"both modes", []string{"--server", "h:1", "--server-thumbprint", tp, "--listen", ":10933", "--trust", tp}, nil, "give --server"},
 		{"server without thumbprint", []string{"--server", "h:1"}, nil, "--server-thumbprint"},
 		{"listen without trust", []string{"--listen", ":10933"}, nil, "--trust"},
+		{"a server address without a port", []string{"--server", "h:1,h", "--server-thumbprint", tp}, nil, "HOST:PORT"},
 		{"register without token", []string{"--server", "h:1", "--server-thumbprint", tp, "--register", "http://h:8080"}, []string{"STEVEDORE_REGISTRATION_TOKEN="}, "STEVEDORE_REGISTRATION_TOKEN"},
 		{"bad thumbprint", []string{"--listen", ":10933", "--trust", "nope"}, nil, "thumbprint"},
 		{"bad label", []string{"--listen", ":10933", "--trust", tp, "--label", "zone"}, nil, "K=V"},
@@ -124,6 +126,47 @@ func TestInstallAgentRefusesIncompleteSettings(t *testing.T) {
 			}
 			if entries, _ := os.ReadDir(root); len(entries) != 0 {
 				t.Errorf("a refused install wrote %d entries", len(entries))
+			}
+		})
+	}
+}
+
+// `stevedore install agent` writes several nodes' addresses and
+// thumbprints into the agent's environment so that the agent, started by
+// the unit with that environment, reads them back as given.
+func TestInstallAgentSeveralServerNodes(t *testing.T) {
+	tests := []struct {
+		name          string
+		args          []string
+		addrs, prints []string
+	}{
+		{"comma-separated", []string{"--server", "n1:10943,n2:10943", "--server-thumbprint", nodeTP1 + "," + nodeTP2},
+			[]string{"n1:10943", "n2:10943"}, []string{nodeTP1, nodeTP2}},
+		{"repeated", []string{"--server", "n1:10943", "--server", "n2:10943", "--server", "n3:10943", "--server-thumbprint", strings.ToUpper(nodeTP1)},
+			[]string{"n1:10943", "n2:10943", "n3:10943"}, []string{nodeTP1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			code, stdout, stderr := runStevedore(t, nil, append([]string{"install", "agent", "--root", root, "--no-start"}, tt.args...)...)
+			if code != 0 {
+				t.Fatalf("install: exit %d\n%s%s", code, stdout, stderr)
+			}
+			b, err := os.ReadFile(filepath.Join(root, installEnv))
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{}
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				k, v, _ := strings.Cut(line, "=")
+				env[k] = v
+			}
+			p, err := readPolling(t, nil, env)
+			if err != nil {
+				t.Fatalf("the agent does not read its environment %q: %v", b, err)
+			}
+			if !slices.Equal(p.addrs, tt.addrs) || !slices.Equal(p.thumbprints, tt.prints) {
+				t.Errorf("the agent reads addrs %q thumbprints %q from %q, want %q %q", p.addrs, p.thumbprints, b, tt.addrs, tt.prints)
 			}
 		})
 	}

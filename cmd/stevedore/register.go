@@ -17,8 +17,9 @@ import (
 // of a pool of identical cloud machines joins on its first start. It tries
 // until it succeeds, the server refuses for good (a bad token), or ctx
 // ends; the server being unreachable is waited out with jittered backoff.
-func registerAgent(ctx context.Context, apiURL, token, serverThumbprint, thumbprint string, log hclog.Logger) error {
-	hc, err := apiHTTPClient(serverThumbprint)
+// serverThumbprints pin an https API, as they pin the polling port.
+func registerAgent(ctx context.Context, apiURL, token string, serverThumbprints []string, thumbprint string, log hclog.Logger) error {
+	hc, err := apiHTTPClient(serverThumbprints...)
 	if err != nil {
 		return err
 	}

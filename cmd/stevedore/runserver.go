@@ -221,16 +221,22 @@ func runViaServer(ctx context.Context, o *runOptions, req *pb.StartStepRequest, 
 	return finishRun(o, res, st, stdout, stderr)
 }
 
-// apiHTTPClient is an HTTP client of the server's API; with a thumbprint,
-// an https server's certificate is pinned instead of checked against the
-// system's CAs.
-func apiHTTPClient(thumbprint string) (*http.Client, error) {
+// apiHTTPClient is an HTTP client of the server's API; with thumbprints
+// (empty ones are none), an https server's certificate is pinned to them
+// instead of checked against the system's CAs: any node of a server may
+// answer, each with its own certificate.
+func apiHTTPClient(thumbprints ...string) (*http.Client, error) {
 	hc := &http.Client{}
-	if thumbprint != "" {
-		pin, err := transport.NewTrustList(thumbprint)
-		if err != nil {
+	pin, _ := transport.NewTrustList()
+	for _, t := range thumbprints {
+		if t == "" {
+			continue
+		}
+		if err := pin.Add(t); err != nil {
 			return nil, fmt.Errorf("server thumbprint: %w", err)
 		}
+	}
+	if len(pin.List()) > 0 {
 		hc.Transport = &http.Transport{TLSClientConfig: transport.PinnedTLSConfig(pin), Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
 	}
 	return hc, nil
