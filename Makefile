@@ -9,7 +9,7 @@ LDFLAGS := -X stevedore/internal/version.Version=$(VERSION)
 # go test flags; e.g. `make test TESTFLAGS=-v` or `TESTFLAGS='-run Pull'`.
 TESTFLAGS ?=
 
-.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench image agent-image clean
+.PHONY: all setup build proto proto-check vet fmt-check test fault demo bench bench-backend image agent-image clean
 
 all: build
 
@@ -66,6 +66,11 @@ demo: setup build
 ## bench: stevedore run against docker run on the same steps, as ratios
 bench: setup build
 	@bash scripts/bench.sh
+
+## bench-backend: one server node on bbolt and on PostgreSQL in one run, steps/s and
+## pickup latency, PostgreSQL's as ratios of bbolt's (server/bench_backend_test.go)
+bench-backend: setup
+	$(GO) test -run '^$$' -bench Backend -benchtime 5x ./server/
 
 ## image: the server's container image with its built-in worker (stevedore-server:dev),
 ## on the bookworm fixture as its base, with Debian's docker.io from the package mirror:

@@ -30,7 +30,15 @@ type TestBackend struct {
 // PostgreSQL it fails in CI and skips elsewhere.
 func NewTestBackend(t testing.TB) *TestBackend {
 	t.Helper()
-	b := &TestBackend{Name: testenv.Backend(t)}
+	return NewTestBackendFor(t, testenv.Backend(t))
+}
+
+// NewTestBackendFor is NewTestBackend on the named backend (testenv's
+// BackendBolt or BackendPostgres) whatever STEVEDORE_TEST_BACKEND says,
+// for a benchmark that compares the two in one run.
+func NewTestBackendFor(t testing.TB, name string) *TestBackend {
+	t.Helper()
+	b := &TestBackend{Name: name}
 	if b.Name == testenv.BackendPostgres {
 		b.URL = testenv.Postgres(t)
 	}

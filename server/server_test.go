@@ -51,10 +51,15 @@ type env struct {
 }
 
 func newEnv(t testing.TB, opts ...func(*server.Config)) *env {
+	return newEnvOn(t, server.NewTestBackend(t), opts...)
+}
+
+// newEnvOn is newEnv on the given backend rather than the run's.
+func newEnvOn(t testing.TB, backend *server.TestBackend, opts ...func(*server.Config)) *env {
 	root := t.TempDir()
 	os.Chmod(root, 0o755)
 	e := &env{t: t, dir: root, log: hclog.New(&hclog.LoggerOptions{Name: "srv", Level: hclog.Info, Output: testWriter{t}}), opts: opts,
-		backend: server.NewTestBackend(t)}
+		backend: backend}
 	e.id, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "server"))
 	e.agentID, _, _ = transport.LoadOrCreateIdentity(filepath.Join(root, "agent"))
 	e.trust, _ = transport.NewTrustList(e.agentID.Thumbprint)
