@@ -67,8 +67,8 @@ demo: setup build
 bench: setup build
 	@bash scripts/bench.sh
 
-## bench-backend: one server node on bbolt and on PostgreSQL in one run, steps/s and
-## pickup latency, PostgreSQL's as ratios of bbolt's (server/bench_backend_test.go)
+## bench-backend: one server node on bbolt, one on PostgreSQL and two on one PostgreSQL
+## in one run, steps/s and pickup latency as ratios of bbolt's (server/bench_backend_test.go)
 bench-backend: setup
 	$(GO) test -run '^$$' -bench Backend -benchtime 5x ./server/
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -17,7 +18,7 @@ import (
 )
 
 // BenchmarkBackend runs one server node on each store backend, bbolt and
-// PostgreSQL, in one run, and reports PostgreSQL's figures as ratios of
+// PostgreSQL, and two nodes on one PostgreSQL database, in one run, and reports PostgreSQL's figures as ratios of
 // bbolt's (the sub-benchmark "ratios"); only the ratios mean anything on
 // a shared machine:
 //
@@ -72,14 +73,16 @@ func BenchmarkBackend(b *testing.B) {
 // backendCase is a store backend and the servers (nodes) that share it.
 type backendCase struct {
 	name, backend string
-	// nodes is one for now; several servers on one PostgreSQL database
-	// would be further cases of the table, sharing its backend.
+	// nodes: servers sharing the backend (several only on PostgreSQL).
 	nodes int
 }
 
 var backendCases = []backendCase{
 	{"bbolt", testenv.BackendBolt, 1},
 	{"postgres", testenv.BackendPostgres, 1},
+	// Two nodes on one database, the agents spread over them and the
+	// steps submitted through both in turn.
+	{"postgres-2-nodes", testenv.BackendPostgres, 2},
 }
 
 const (
@@ -102,15 +105,27 @@ type benchCluster struct {
 }
 
 func newBenchCluster(b *testing.B, c backendCase) *benchCluster {
-	if c.nodes != 1 {
-		b.Fatalf("%s: %d nodes; one server per store so far", c.name, c.nodes)
+	backend := server.NewTestBackendFor(b, c.backend)
+	// Several nodes share the database, the master key and the task logs'
+	// and artifacts' directories, as a deployment of several nodes does.
+	shared := b.TempDir()
+	cl := &benchCluster{b: b, start: map[string]time.Time{}}
+	for n := range c.nodes {
+		var opts []func(*server.Config)
+		if c.nodes > 1 {
+			opts = append(opts, func(cfg *server.Config) {
+				cfg.Node, cfg.MasterKey = fmt.Sprintf("n%d", n+1), "c3RldmVkb3JlLWJlbmNoIQ=="
+				cfg.TaskLogsDir, cfg.ArtifactsDir = filepath.Join(shared, "taskLogs"), filepath.Join(shared, "artifacts")
+			})
+		}
+		e := newEnvOn(b, backend, opts...)
+		// Info logs a few lines a step, all printed for a benchmark:
+		// noise, and a cost that is the test log's, not the server's.
+		e.log.SetLevel(hclog.Warn)
+		cl.nodes = append(cl.nodes, e)
 	}
-	e := newEnvOn(b, server.NewTestBackendFor(b, c.backend))
-	// Info logs a few lines a step, all printed for a benchmark: noise,
-	// and a cost that is the test log's, not the server's.
-	e.log.SetLevel(hclog.Warn)
-	cl := &benchCluster{b: b, nodes: []*env{e}, start: map[string]time.Time{}}
-	for i := range benchAgents {
+	for i := range benchAgents { // spread over the nodes
+		e := cl.nodes[i%len(cl.nodes)]
 		e.pollingAgentServing(fmt.Sprintf("w%d", i+1), benchSlots, e.addr, func(a pb.AgentServer) pb.AgentServer { return timedAgent{a, cl} })
 	}
 	cl.waitConnected()
@@ -138,6 +153,7 @@ func (a timedAgent) StartStep(ctx context.Context, req *pb.StartStepRequest) (*p
 
 func (cl *benchCluster) waitConnected() {
 	deadline := time.Now().Add(time.Minute)
+	connected := 0
 	for _, e := range cl.nodes {
 		for {
 			n := 0
@@ -146,14 +162,18 @@ func (cl *benchCluster) waitConnected() {
 					n++
 				}
 			}
-			if n == benchAgents {
+			if n == benchAgents/len(cl.nodes) {
+				connected += n
 				break
 			}
 			if time.Now().After(deadline) {
-				cl.b.Fatalf("%d of %d agents connected", n, benchAgents)
+				cl.b.Fatalf("%d of %d agents connected to a node", n, benchAgents/len(cl.nodes))
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+	if connected != benchAgents {
+		cl.b.Fatalf("%d of %d agents connected", connected, benchAgents)
 	}
 }
 

@@ -185,6 +185,9 @@ func (s *Server) disconnect(w *worker, done <-chan struct{}) {
 
 // setLeft records when a worker went away (zero: it is back).
 func (s *Server) setLeft(name string, at time.Time) {
+	if s.ctx.Err() != nil {
+		return // the server is closing its connections: the workers did not leave
+	}
 	if _, away := s.leftAt(name); at.IsZero() && !away {
 		return // the common connect: a read, not a write (and its fsync)
 	}
