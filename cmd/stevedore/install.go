@@ -20,6 +20,7 @@ import (
 	"stevedore/executor"
 	"stevedore/internal/config"
 	"stevedore/internal/fsutil"
+	"stevedore/internal/pgdb"
 	"stevedore/packaging/systemd"
 	"stevedore/transport"
 )
@@ -95,6 +96,7 @@ type installServerOptions struct {
 	trust                       []string
 	registration, builtinWorker bool
 	noStart                     bool
+	db, node                    string
 }
 
 func newInstallServerCommand() *cobra.Command {
@@ -105,7 +107,8 @@ func newInstallServerCommand() *cobra.Command {
 		Long: `Installs this stevedore binary (and the bundle, for the built-in worker) in
 /usr/local/bin, the server's environment in /etc/stevedore/server.env (mode
 0600: a generated MASTER_KEY and admin password, and with --registration-token
-a generated STEVEDORE_REGISTRATION_TOKEN for pools of cloud workers) and the
+a generated STEVEDORE_REGISTRATION_TOKEN for pools of cloud workers; with --db
+its DB_CONNECTION_STRING and with --node its NODE_NAME) and the
 unit stevedore-server.service; creates the server's identity in
 /var/lib/stevedore-server and prints its thumbprint, which agents pin; then
 enables and starts the service (not with --no-start). Run again, it upgrades
@@ -118,6 +121,8 @@ the binary and the unit and keeps the environment and the identity.`,
 	f.StringArrayVar(&o.trust, "trust", nil, "the thumbprint of an agent allowed to connect (repeatable)")
 	f.BoolVar(&o.registration, "registration-token", false, "generate a registration token, with which agents started with --register trust themselves")
 	f.BoolVar(&o.builtinWorker, "builtin-worker", false, "run a worker inside the server")
+	f.StringVar(&o.db, "db", "", "keep the server's state in this PostgreSQL database (postgres:// URL), written to the environment file as DB_CONNECTION_STRING")
+	f.StringVar(&o.node, "node", "", "this server node's name among those sharing --db (NODE_NAME; default: the host name)")
 	f.BoolVar(&o.noStart, "no-start", false, "write the files only; do not run systemctl")
 	return cmd
 }
@@ -137,6 +142,15 @@ func installServer(o *installServerOptions, out io.Writer) error {
 	}
 	if o.builtinWorker {
 		env = append(env, "STEVEDORE_BUILTIN_WORKER=true")
+	}
+	if o.db != "" {
+		if _, err := pgdb.Config(o.db); err != nil {
+			return err
+		}
+		env = append(env, "DB_CONNECTION_STRING="+o.db)
+	}
+	if o.node != "" {
+		env = append(env, "NODE_NAME="+o.node)
 	}
 	err := service{
 		root: o.root, noStart: o.noStart, who: "server", unitName: systemd.ServerUnitName, unit: systemd.ServerUnit, state: installServerState,

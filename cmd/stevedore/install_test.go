@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -241,5 +242,35 @@ func TestInstallServer(t *testing.T) {
 	code, again, stderr := runStevedore(t, nil, args...)
 	if code != 0 || !strings.Contains(again, "kept "+at(installServerEnv)) || !strings.Contains(again, tp) {
 		t.Fatalf("second install: exit %d\n%s%s", code, again, stderr)
+	}
+}
+
+// `install server --db URL --node NAME` writes them to the environment the
+// unit starts the server with, and the server keeps its state there; a URL
+// that is not one is refused at install.
+func TestInstallServerOnPostgreSQL(t *testing.T) {
+	db := testenv.Postgres(t)
+	if code, _, stderr := runStevedore(t, nil, "install", "server", "--root", t.TempDir(), "--no-start", "--db", "mysql://nope"); code == 0 {
+		t.Errorf("a URL that is not postgres:// was taken (%s)", stderr)
+	}
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	code, stdout, stderr := runStevedore(t, nil, "install", "server", "--root", root, "--no-start", "--db", db, "--node", "n1")
+	if code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", code, stdout, stderr)
+	}
+	envFile, err := os.ReadFile(filepath.Join(root, installServerEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(strings.TrimSpace(string(envFile)), "\n")
+	if !slices.Contains(env, "DB_CONNECTION_STRING="+db) || !slices.Contains(env, "NODE_NAME=n1") {
+		t.Fatalf("environment file:\n%s", envFile)
+	}
+	s := &serverSetup{dataDir: filepath.Join(root, installServerState), http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), scheme: "http"}
+	s.args = []string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling}
+	s.start(t, env...)
+	if _, err := os.Stat(filepath.Join(s.dataDir, "server.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the server made a bbolt file with --db in its environment (%v)", err)
 	}
 }
