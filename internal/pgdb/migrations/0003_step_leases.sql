@@ -1,4 +1,4 @@
--- 0002: several server nodes on one database. A running step is driven by
+-- 0003: several server nodes on one database. A running step is driven by
 -- one node at a time: the node that holds its lease (node, lease_until),
 -- renewed while it drives the step; a lease that has run out may be taken
 -- by another node, and a node's writes to a step it no longer holds are
