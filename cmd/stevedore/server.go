@@ -58,8 +58,8 @@ ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
 generated and written to DATA_DIR/admin-password. ADMIN_EMAIL (or
 --admin-email), the admin's address, is stored with them on the first start
 and shown with the admin (GET /web/session); a malformed one stops the
-server at any start. MASTER_KEY (base64 of 16
-bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
+server at any start. MASTER_KEY (base64 of 16 bytes) encrypts the stored
+steps; without it a key file in DATA_DIR is used.
 
 The server's state (queue, steps, workers, trust, users, API keys) is a
 bbolt file in DATA_DIR, or, with --db or DB_CONNECTION_STRING
