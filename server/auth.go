@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -53,18 +54,40 @@ func (c *authCache) clock() time.Time {
 // requests with wrong passwords costs the server a core or two, not all.
 var deriving = make(chan struct{}, max(1, runtime.NumCPU()/2))
 
+// ErrBadEmail: an email address (ADMIN_EMAIL) is not a bare address
+// such as admin@example.com.
+var ErrBadEmail = errors.New("not a bare email address such as admin@example.com")
+
+// checkEmail accepts "" (no address) and a bare addr-spec only: a display
+// name ("Admin <admin@example.com>") would be dropped from what is
+// stored, so it is refused rather than silently cut.
+func checkEmail(email string) error {
+	if email == "" {
+		return nil
+	}
+	a, err := mail.ParseAddress(email)
+	if err != nil {
+		return fmt.Errorf("%q: %w: %w", email, ErrBadEmail, err)
+	}
+	if a.Name != "" || a.Address != email {
+		return fmt.Errorf("%q: %w: give the address alone, %q", email, ErrBadEmail, a.Address)
+	}
+	return nil
+}
+
 // ensureAdmin creates the admin credentials on the server's first start:
 // from username and password (ADMIN_USERNAME / ADMIN_PASSWORD) when given,
-// otherwise "admin" with a generated password written to AdminPasswordFile.
-// Later starts keep the stored credentials.
-func (s *Server) ensureAdmin(username, password string) error {
+// otherwise "admin" with a generated password written to AdminPasswordFile,
+// with email (ADMIN_EMAIL, already checked) stored beside them.
+// Later starts keep the stored credentials and email.
+func (s *Server) ensureAdmin(username, password, email string) error {
 	exists, err := s.db.HasUsers()
 	if err != nil {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
 	if exists {
-		if username != "" || password != "" {
-			s.log.Debug("admin credentials exist; ADMIN_USERNAME and ADMIN_PASSWORD only apply on the first start")
+		if username != "" || password != "" || email != "" {
+			s.log.Debug("admin credentials exist; ADMIN_USERNAME, ADMIN_PASSWORD and ADMIN_EMAIL only apply on the first start")
 		}
 		return nil
 	}
@@ -87,6 +110,7 @@ func (s *Server) ensureAdmin(username, password string) error {
 	if err != nil {
 		return err
 	}
+	c.Email = email
 	if err := s.db.CreateUser(username, c); errors.Is(err, store.ErrConflict) {
 		// Another server on the same database created it first: theirs stand.
 		s.log.Info("admin credentials created meanwhile by another server", "username", username)
@@ -94,7 +118,7 @@ func (s *Server) ensureAdmin(username, password string) error {
 	} else if err != nil {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
-	s.log.Info("admin credentials created", "username", username)
+	s.log.Info("admin credentials created", "username", username, "email", email)
 	return nil
 }
 

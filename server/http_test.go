@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -187,6 +188,59 @@ func TestAdminCredentialsFromFirstStart(t *testing.T) {
 	}
 	if err := s.Authenticate("admin", pw+"x"); err == nil {
 		t.Error("a wrong password was accepted")
+	}
+}
+
+// ADMIN_EMAIL: stored with the admin on the first start, shown where the
+// admin is (GET /web/session, by Basic auth and by a session), kept over a
+// later start that gives another; a malformed one stops the server.
+func TestAdminEmail(t *testing.T) {
+	for _, tt := range []struct {
+		name, email string
+		want        error // from server.New
+	}{
+		{"an address", "ops@example.com", nil},
+		{"none", "", nil},
+		{"no domain", "ops@", server.ErrBadEmail},
+		{"no at", "ops.example.com", server.ErrBadEmail},
+		{"with a display name", "Ops <ops@example.com>", server.ErrBadEmail},
+		{"with spaces", " ops@example.com", server.ErrBadEmail},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.want != nil {
+				_, err := server.New(server.Config{DataDir: t.TempDir(), AdminPassword: "x", AdminEmail: tt.email,
+					OpenStore: server.NewTestBackend(t).OpenStore()})
+				if !errors.Is(err, tt.want) {
+					t.Fatalf("New with ADMIN_EMAIL %q: %v, want %v", tt.email, err, tt.want)
+				}
+				return
+			}
+			e := newEnv(t, func(c *server.Config) { c.AdminEmail = tt.email })
+			a := e.api()
+			shown := func(when string) {
+				t.Helper()
+				code, b := a.do("GET", "/web/session", nil)
+				var info server.SessionInfo
+				if code != http.StatusOK || json.Unmarshal(b, &info) != nil || info.Name != adminUser || info.Email != tt.email {
+					t.Errorf("%s: GET /web/session: %d %s; want the admin with email %q", when, code, b, tt.email)
+				}
+				if tt.email == "" && bytes.Contains(b, []byte(`"email"`)) {
+					t.Errorf("%s: an email field with no email: %s", when, b)
+				}
+			}
+			shown("first start")
+			w := newWebClient(t, a.base, nil)
+			resp, b := w.do("POST", "/web/login", map[string]string{"username": adminUser, "password": adminPassword}, false)
+			var info server.SessionInfo
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &info) != nil || info.Email != tt.email {
+				t.Errorf("sign-in: %d %s; want email %q", resp.StatusCode, b, tt.email)
+			}
+
+			e.stop()
+			e.opts = append(e.opts, func(c *server.Config) { c.AdminEmail = "later@example.com" })
+			e.start("127.0.0.1:0")
+			shown("a later start with another ADMIN_EMAIL")
+		})
 	}
 }
 

@@ -80,6 +80,11 @@ type Config struct {
 	// AdminUsername and AdminPassword (ADMIN_USERNAME, ADMIN_PASSWORD)
 	// create the API's admin credentials on the first start.
 	AdminUsername, AdminPassword string
+	// AdminEmail (ADMIN_EMAIL) is the admin's address, stored with those
+	// credentials on the first start: a bare address such as
+	// admin@example.com, or "" for none. New refuses a malformed one with
+	// ErrBadEmail, at every start, so that a typo is not kept silently.
+	AdminEmail string
 	// Retention is how long a completed step's record, task log and
 	// artifacts are kept; 0 keeps them for ever.
 	Retention time.Duration
@@ -152,6 +157,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Trust == nil {
 		cfg.Trust, _ = transport.NewTrustList()
 	}
+	if err := checkEmail(cfg.AdminEmail); err != nil {
+		return nil, fmt.Errorf("admin email (ADMIN_EMAIL): %w", err)
+	}
 	if cfg.TaskLogsDir == "" {
 		cfg.TaskLogsDir = filepath.Join(cfg.DataDir, TaskLogsDir)
 	}
@@ -189,7 +197,7 @@ func New(cfg Config) (*Server, error) {
 	watcher, shared := db.(store.Watcher)
 	s.shared = shared
 	s.metrics = newServerMetrics(s)
-	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword); err != nil {
+	if err := s.ensureAdmin(cfg.AdminUsername, cfg.AdminPassword, cfg.AdminEmail); err != nil {
 		db.Close()
 		return nil, err
 	}

@@ -25,7 +25,7 @@ import (
 //	GET  /steps, /steps/{id}, /workers, /login   the page (index.html); its script routes
 //	GET  /ui/...                the page's script, style sheet and icon
 //	POST /web/login             {"username","password"} or {"key"}: a session cookie
-//	GET  /web/session           who the session is, its role and its CSRF token
+//	GET  /web/session           who the session is (the admin's email too), its role and its CSRF token
 //	POST /web/logout            end the session (needs the CSRF token)
 
 //go:embed web
@@ -234,7 +234,10 @@ type SessionInfo struct {
 	// KeyID is the API key's ID for a key's session: the page compares it
 	// with a step's submitter_key to offer a submitter the cancel of its
 	// own steps only (the API decides anyway).
-	KeyID     string    `json:"key_id,omitempty"`
+	KeyID string `json:"key_id,omitempty"`
+	// Email is the admin's address (ADMIN_EMAIL), when one was given; an
+	// API key has none.
+	Email     string    `json:"email,omitempty"`
 	CSRFToken string    `json:"csrf_token,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
@@ -302,11 +305,29 @@ func (s *Server) webLogin(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: token, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
 		Secure: r.TLS != nil, MaxAge: int(sessionTTL / time.Second)})
 	s.log.Info("web sign-in", "principal", p.Name, "role", p.Role, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, sessionInfo(sess))
+	writeJSON(w, http.StatusOK, s.sessionInfo(sess))
 }
 
-func sessionInfo(sess *webSession) SessionInfo {
-	return SessionInfo{Name: sess.p.Name, Role: sess.p.Role, KeyID: sess.p.KeyID, CSRFToken: sess.csrf, ExpiresAt: sess.expires.UTC()}
+func (s *Server) sessionInfo(sess *webSession) SessionInfo {
+	info := s.principalInfo(sess.p)
+	info.CSRFToken, info.ExpiresAt = sess.csrf, sess.expires.UTC()
+	return info
+}
+
+// principalInfo says who p is; for the admin, with the email stored with
+// its credentials. The email is read at each ask, not kept in the session:
+// it is the store's to say.
+func (s *Server) principalInfo(p principal) SessionInfo {
+	info := SessionInfo{Name: p.Name, Role: p.Role, KeyID: p.KeyID}
+	if p.KeyID == "" {
+		c, err := s.db.User(p.Name)
+		if err != nil {
+			// Who the session is stands without it.
+			s.log.Warn("cannot read the admin's email", "username", p.Name, "error", err)
+		}
+		info.Email = c.Email
+	}
+	return info
 }
 
 // webSessionInfo says who is signed in; with a session, its CSRF token,
@@ -314,12 +335,11 @@ func sessionInfo(sess *webSession) SessionInfo {
 func (s *Server) webSessionInfo(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie(SessionCookie); err == nil && r.Header.Get("Authorization") == "" {
 		if sess, ok := s.web.get(c.Value); ok {
-			writeJSON(w, http.StatusOK, sessionInfo(sess))
+			writeJSON(w, http.StatusOK, s.sessionInfo(sess))
 			return
 		}
 	}
-	p := principalOf(r)
-	writeJSON(w, http.StatusOK, SessionInfo{Name: p.Name, Role: p.Role, KeyID: p.KeyID})
+	writeJSON(w, http.StatusOK, s.principalInfo(principalOf(r)))
 }
 
 func (s *Server) webLogout(w http.ResponseWriter, r *http.Request) {

@@ -28,6 +28,7 @@ const defaultDataDir = "/var/lib/stevedore-server"
 type serverOptions struct {
 	dataDir, httpAddr, pollingAddr, taskLogs, artifacts string
 	db                                                  string
+	adminEmail                                          string
 	log                                                 logOptions
 	httpCert, httpKey                                   string
 	httpTLS                                             bool
@@ -55,8 +56,11 @@ each step with nothing lost and nothing twice.
 
 The API's admin credentials are created on the first start from
 ADMIN_USERNAME and ADMIN_PASSWORD; without ADMIN_PASSWORD a password is
-generated and written to DATA_DIR/admin-password. MASTER_KEY (base64 of 16
-bytes) encrypts the stored steps; without it a key file in DATA_DIR is used.
+generated and written to DATA_DIR/admin-password. ADMIN_EMAIL (or
+--admin-email), the admin's address, is stored with them on the first start
+and shown with the admin (GET /web/session); a malformed one stops the
+server at any start. MASTER_KEY (base64 of 16 bytes) encrypts the stored
+steps; without it a key file in DATA_DIR is used.
 
 The server's state (queue, steps, workers, trust, users, API keys) is a
 bbolt file in DATA_DIR, or, with --db or DB_CONNECTION_STRING
@@ -103,6 +107,7 @@ then drives the engine DOCKER_HOST names (by default the local socket).`,
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "the server's identity, database, task logs and artifacts (env STEVEDORE_DATA_DIR)")
 	f.StringVar(&o.db, "db", "", "keep the server's state in this PostgreSQL database, a postgres:// URL (env DB_CONNECTION_STRING, which keeps its password out of ps; default: bbolt in DATA_DIR)")
+	f.StringVar(&o.adminEmail, "admin-email", "", "the admin's email address, stored with the admin's credentials on the first start (env ADMIN_EMAIL)")
 	f.StringVar(&o.httpAddr, "http", ":8080", "address of the HTTP API")
 	f.BoolVar(&o.httpTLS, "http-tls", false, "serve the API over HTTPS with the server's own certificate (clients pin its thumbprint)")
 	f.StringVar(&o.httpCert, "http-cert", "", "serve the API over HTTPS with this certificate (PEM; with --http-key)")
@@ -150,12 +155,16 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	if err != nil {
 		return fmt.Errorf("--max-storage %q: want a size such as 50GiB or 20GB: %w", o.maxStorage, err)
 	}
+	adminEmail := o.adminEmail
+	if adminEmail == "" {
+		adminEmail = os.Getenv("ADMIN_EMAIL")
+	}
 	openStore, where, err := storeOpener(ctx, o.db)
 	if err != nil {
 		return err
 	}
 	srv, err := server.New(server.Config{DataDir: o.dataDir, Identity: id, Trust: trust, MasterKey: os.Getenv("MASTER_KEY"),
-		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"),
+		AdminUsername: os.Getenv("ADMIN_USERNAME"), AdminPassword: os.Getenv("ADMIN_PASSWORD"), AdminEmail: adminEmail,
 		RegistrationToken: os.Getenv("STEVEDORE_REGISTRATION_TOKEN"), OpenStore: openStore,
 		TaskLogsDir: o.taskLogs, ArtifactsDir: o.artifacts, Retention: o.retention, MaxStorage: maxStorage, WorkerLostAfter: o.workerLostAfter, QueueTimeout: o.queueTimeout, Node: o.node, StepLease: o.stepLease, Logger: log})
 	if err != nil {

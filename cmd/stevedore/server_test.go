@@ -485,3 +485,45 @@ set_variable Token "tok-$((40000+2))" sensitive`
 		t.Errorf("the steps the server shows: %+v", steps)
 	}
 }
+
+// ADMIN_EMAIL and --admin-email: the flag before the variable; the admin's
+// email is shown by GET /web/session; a malformed one stops the server
+// before it serves, saying which setting is wrong.
+func TestServerAdminEmail(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		flags []string
+		env   []string
+		want  string // the email shown; "" with fail
+		fail  bool
+	}{
+		{"from ADMIN_EMAIL", nil, []string{"ADMIN_EMAIL=env@example.com"}, "env@example.com", false},
+		{"the flag before ADMIN_EMAIL", []string{"--admin-email", "flag@example.com"}, []string{"ADMIN_EMAIL=env@example.com"}, "flag@example.com", false},
+		{"a malformed ADMIN_EMAIL", nil, []string{"ADMIN_EMAIL=not-an-address"}, "", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newServerSetup(t, tt.flags...)
+			if tt.fail {
+				cmd := exec.Command(testenv.Binary(t), s.args...)
+				cmd.Env = append(append(os.Environ(), "ADMIN_USERNAME="+testAdmin, "ADMIN_PASSWORD="+testPassword), tt.env...)
+				out, err := cmd.CombinedOutput()
+				if _, ok := errors.AsType[*exec.ExitError](err); !ok || !strings.Contains(string(out), "ADMIN_EMAIL") {
+					t.Fatalf("the server with %v: %v; want it to fail naming ADMIN_EMAIL:\n%s", tt.env, err, out)
+				}
+				return
+			}
+			s.start(t, tt.env...)
+			req, _ := http.NewRequest("GET", s.url()+"/web/session", nil)
+			req.SetBasicAuth(testAdmin, testPassword)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var info struct{ Name, Email string }
+			if err := json.NewDecoder(resp.Body).Decode(&info); err != nil || resp.StatusCode != http.StatusOK || info.Email != tt.want {
+				t.Errorf("GET /web/session: %d %+v %v; want email %q", resp.StatusCode, info, err, tt.want)
+			}
+		})
+	}
+}

@@ -454,3 +454,40 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+// 0002 on a database at 0001 that has its admin: the admin keeps its
+// password and reads back with no email; users written after have one.
+func TestUserEmailMigrationKeepsUsers(t *testing.T) {
+	pool := open(t, testenv.Postgres(t))
+	ctx := context.Background()
+	shipped, err := pgdb.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgdb.MigrateList(ctx, pool, shipped[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO users (username, salt, hash, iterations) VALUES ('admin', 'salt', 'hash', 600000)"); err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := pgdb.Migrate(ctx, pool); err != nil || applied != latest(t)-1 {
+		t.Fatalf("Migrate from version 1: applied %d, %v; want %d", applied, err, latest(t)-1)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO users (username, salt, hash, iterations, email) VALUES ('later', 's', 'h', 1, 'later@example.com')"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		user, hash, email string
+	}{
+		{"admin", "hash", ""},
+		{"later", "h", "later@example.com"},
+	} {
+		var hash, email string
+		if err := pool.QueryRow(ctx, "SELECT convert_from(hash, 'UTF8'), email FROM users WHERE username = $1", tt.user).Scan(&hash, &email); err != nil {
+			t.Fatalf("user %s: %v", tt.user, err)
+		}
+		if hash != tt.hash || email != tt.email {
+			t.Errorf("user %s: hash %q, email %q; want %q, %q", tt.user, hash, email, tt.hash, tt.email)
+		}
+	}
+}

@@ -28,7 +28,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, b := range []*imageBuild{&built, &builtAgent} {
+	for _, b := range []*imageBuild{&built, &rebuilt, &builtAgent} {
 		if b.tag != "" {
 			exec.Command("docker", "image", "rm", "-f", b.tag).Run()
 		}
@@ -60,8 +60,9 @@ type imageBuild struct {
 	err  error
 }
 
-// built is the server's image, builtAgent the agent's.
-var built, builtAgent imageBuild
+// built is the server's image, builtAgent the agent's; rebuilt is the
+// server's built a second time, a distinct image, for the upgrade test.
+var built, rebuilt, builtAgent imageBuild
 
 // serverImage builds the image as `make image` does: the binary and the
 // bundle as `make build` lays them out, on the bookworm fixture.
@@ -71,8 +72,9 @@ func serverImage(t *testing.T) string {
 }
 
 // buildImage builds dockerfile once into b, on the bookworm fixture, from
-// a context holding the binary and its bundle/ under sub ("" its root).
-func buildImage(t *testing.T, b *imageBuild, name, dockerfile, sub string) string {
+// a context holding the binary and its bundle/ under sub ("" its root),
+// with docker build's options extra.
+func buildImage(t *testing.T, b *imageBuild, name, dockerfile, sub string, extra ...string) string {
 	t.Helper()
 	cli, _ := testenv.Docker(t)
 	testenv.Image(t, cli, testenv.Bookworm)
@@ -102,7 +104,8 @@ func buildImage(t *testing.T, b *imageBuild, name, dockerfile, sub string) strin
 		}
 		tag := name + ":" + randomSuffix()
 		begin := time.Now()
-		out, err := exec.Command("docker", "build", "-q", "--build-arg", "BASE_IMAGE="+testenv.Bookworm, "-t", tag, "-f", dockerfile, ctxDir).CombinedOutput()
+		args := append([]string{"build", "-q", "--build-arg", "BASE_IMAGE=" + testenv.Bookworm, "-t", tag, "-f", dockerfile}, extra...)
+		out, err := exec.Command("docker", append(args, ctxDir)...).CombinedOutput()
 		b.tag = tag // removed even after a failed build that tagged nothing
 		if err != nil {
 			b.err = fmt.Errorf("docker build: %w\n%s", err, out)
@@ -149,6 +152,12 @@ func (s *server) waitAPI(t *testing.T) {
 		addr = addr[:i] // an IPv6 line may follow
 	}
 	s.base = "http://" + addr
+	s.waitHealthy(t)
+}
+
+// waitHealthy waits for /healthz at s.base.
+func (s *server) waitHealthy(t *testing.T) {
+	t.Helper()
 	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if resp, err := http.Get(s.base + "/healthz"); err == nil {
 			resp.Body.Close()

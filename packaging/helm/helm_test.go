@@ -309,6 +309,7 @@ func TestChart(t *testing.T) {
 			wantEnv(t, c, "MASTER_KEY", "secret:"+masterKey+"/MASTER_KEY")
 			wantEnv(t, c, "ADMIN_USERNAME", "secret:"+secrets+"/ADMIN_USERNAME")
 			wantEnv(t, c, "ADMIN_PASSWORD", "secret:"+secrets+"/ADMIN_PASSWORD")
+			wantNoEnv(t, c, "ADMIN_EMAIL")
 			wantNoEnv(t, c, "DB_CONNECTION_STRING")
 			wantNoEnv(t, c, "STEVEDORE_REGISTRATION_TOKEN")
 			if slices.Contains(c.Args, "--builtin-worker") {
@@ -420,11 +421,13 @@ func TestChart(t *testing.T) {
 		}},
 		{"existing Secrets", append(slices.Clone(poolValues), "server.masterKey.existingSecret=mk", "server.masterKey.secretKey=key",
 			"server.admin.existingSecret=adm", "server.registrationToken.existingSecret=reg", "server.database.existingSecret=db",
-			"workerPool.masterKey.existingSecret=agent-mk"), func(t *testing.T, r rendered) {
+			"workerPool.masterKey.existingSecret=agent-mk", "server.admin.email=ops@example.com"), func(t *testing.T, r rendered) {
 			c := only(t, r.get(t, "Deployment", server).Spec.Template.Spec.Containers)
 			wantEnv(t, c, "MASTER_KEY", "secret:mk/key")
 			wantEnv(t, c, "ADMIN_USERNAME", "secret:adm/ADMIN_USERNAME")
 			wantEnv(t, c, "ADMIN_PASSWORD", "secret:adm/ADMIN_PASSWORD")
+			// Not a secret: a plain value, beside the admin's Secret.
+			wantEnv(t, c, "ADMIN_EMAIL", "ops@example.com")
 			wantEnv(t, c, "STEVEDORE_REGISTRATION_TOKEN", "secret:reg/STEVEDORE_REGISTRATION_TOKEN")
 			wantEnv(t, c, "DB_CONNECTION_STRING", "secret:db/DB_CONNECTION_STRING")
 			a := only(t, r.get(t, "Deployment", pool).Spec.Template.Spec.Containers)

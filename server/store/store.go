@@ -182,7 +182,8 @@ type Users interface {
 	HasUsers() (bool, error)
 	// CreateUser stores a user; ErrConflict when the name is taken.
 	CreateUser(name string, c Credential) error
-	// User returns a user's credential; ErrNotFound when there is none.
+	// User returns a user's credential and email; ErrNotFound when there
+	// is none.
 	User(name string) (Credential, error)
 }
 
@@ -272,11 +273,15 @@ type WorkerRecord struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 }
 
-// Credential is a user's password, as PBKDF2-HMAC-SHA256 of it.
+// Credential is a user's stored record: the password, as PBKDF2-HMAC-SHA256
+// of it, and the user's email address.
 type Credential struct {
 	Salt       []byte `json:"salt"`
 	Hash       []byte `json:"hash"`
 	Iterations int    `json:"iterations"`
+	// Email is the user's address (ADMIN_EMAIL for the admin); "" for
+	// none, as every user created before it was kept reads back.
+	Email string `json:"email,omitempty"`
 }
 
 // APIKey is an API key's record: never its secret.

@@ -542,20 +542,37 @@ func testUsers(t *testing.T, open func() store.Store) {
 	if has, err := s.HasUsers(); has || err != nil {
 		t.Fatalf("HasUsers of a new store: %v, %v", has, err)
 	}
-	c := store.Credential{Salt: []byte("salt"), Hash: []byte{0, 0xff, 3}, Iterations: 600000}
-	if err := s.CreateUser("admin", c); err != nil {
-		t.Fatal(err)
+	users := []struct {
+		name string
+		c    store.Credential
+	}{
+		{"admin", store.Credential{Salt: []byte("salt"), Hash: []byte{0, 0xff, 3}, Iterations: 600000, Email: "admin@example.com"}},
+		{"no-email", store.Credential{Salt: []byte("salt2"), Hash: []byte{4}, Iterations: 1}},
 	}
-	if err := s.CreateUser("admin", store.Credential{}); !errors.Is(err, store.ErrConflict) {
+	for _, u := range users {
+		if err := s.CreateUser(u.name, u.c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateUser("admin", store.Credential{Email: "other@example.com"}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("the same user again: %v, want ErrConflict", err)
 	}
 	if has, _ := s.HasUsers(); !has {
 		t.Error("HasUsers false with a user")
 	}
-	got, err := s.User("admin")
-	if err != nil || !bytes.Equal(got.Salt, c.Salt) || !bytes.Equal(got.Hash, c.Hash) || got.Iterations != c.Iterations {
-		t.Errorf("user %+v, %v", got, err)
+	// Read back as written, the first user's email not replaced by the
+	// refused second one, in this store and once it is opened again.
+	check := func(s store.Store, when string) {
+		for _, u := range users {
+			got, err := s.User(u.name)
+			if err != nil || !bytes.Equal(got.Salt, u.c.Salt) || !bytes.Equal(got.Hash, u.c.Hash) || got.Iterations != u.c.Iterations || got.Email != u.c.Email {
+				t.Errorf("%s: user %s %+v, %v; want %+v", when, u.name, got, err, u.c)
+			}
+		}
 	}
+	check(s, "written")
+	s.Close()
+	check(open(), "reopened")
 }
 
 func testAPIKeys(t *testing.T, open func() store.Store) {

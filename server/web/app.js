@@ -147,7 +147,10 @@
     }
     document.getElementById('top').hidden = !session;
     if (session) {
-      document.getElementById('who').textContent = session.name + ' (' + session.role + ')';
+      const who = document.getElementById('who');
+      who.textContent = session.name + ' (' + session.role + ')';
+      // The admin's email (ADMIN_EMAIL) on hover: the line stays short.
+      who.title = session.email || '';
     }
     for (const a of document.querySelectorAll('[data-nav]')) {
       if (path.startsWith('/' + a.dataset.nav)) a.setAttribute('aria-current', 'page');

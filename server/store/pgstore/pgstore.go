@@ -546,8 +546,8 @@ func (s *Store) HasUsers() (bool, error) {
 func (s *Store) CreateUser(name string, cr store.Credential) error {
 	c, cancel := ctx()
 	defer cancel()
-	tag, err := s.pool.Exec(c, `INSERT INTO users (username, salt, hash, iterations) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-		name, nonNil(cr.Salt), nonNil(cr.Hash), cr.Iterations)
+	tag, err := s.pool.Exec(c, `INSERT INTO users (username, salt, hash, iterations, email) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+		name, nonNil(cr.Salt), nonNil(cr.Hash), cr.Iterations, cr.Email)
 	if err != nil {
 		return fmt.Errorf("user %s: %w", name, err)
 	}
@@ -562,7 +562,7 @@ func (s *Store) User(name string) (store.Credential, error) {
 	c, cancel := ctx()
 	defer cancel()
 	var cr store.Credential
-	err := s.pool.QueryRow(c, `SELECT salt, hash, iterations FROM users WHERE username = $1`, name).Scan(&cr.Salt, &cr.Hash, &cr.Iterations)
+	err := s.pool.QueryRow(c, `SELECT salt, hash, iterations, email FROM users WHERE username = $1`, name).Scan(&cr.Salt, &cr.Hash, &cr.Iterations, &cr.Email)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Credential{}, fmt.Errorf("user %s: %w", name, store.ErrNotFound)
 	}
