@@ -10,7 +10,7 @@ import (
 
 var _ store.Watcher = (*Store)(nil)
 
-// watchChannel is the channel of migration 0002's trigger on steps.
+// watchChannel is the channel of migration 0003's trigger on steps.
 const watchChannel = "stevedore_steps"
 
 // Watch implements store.Watcher with LISTEN on a connection of its own,
