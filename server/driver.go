@@ -57,12 +57,18 @@ func (s *Server) dispatch() {
 			}
 			continue
 		}
+		ctx, h, ok := s.tryHold(rec.ID)
+		if !ok {
+			continue // its last driver here is still ending
+		}
 		w := s.pick(rec)
 		if w == nil {
+			s.unhold(rec.ID, h)
 			continue
 		}
 		claimed, err := s.claim(rec.ID, w.rec.Name)
 		if err != nil {
+			s.unhold(rec.ID, h)
 			if !errors.Is(err, errStateChanged) {
 				s.log.Error("cannot record a dispatch", "step", rec.ID, "error", err)
 			}
@@ -72,7 +78,7 @@ func (s *Server) dispatch() {
 			continue
 		}
 		s.log.Info("step dispatched", "step", rec.ID, "worker", w.rec.Name)
-		s.startDriving(claimed, w, false)
+		s.startDriving(ctx, h, claimed, w, false)
 	}
 }
 

@@ -44,15 +44,20 @@ func nodeName() string {
 // hold is a driver's hold on a step in this process; cancel stops it.
 type hold struct{ cancel context.CancelFunc }
 
-// holdStep registers the driver of id before it starts, so that no second
-// driver is started for it here; the driver releases it with unhold.
-func (s *Server) holdStep(id string) (context.Context, *hold) {
+// tryHold registers the driver of id before the step is claimed, so that
+// no second driver starts for it here (dispatch and takeover look at the
+// same steps); false when one holds it already. The driver releases it
+// with unhold.
+func (s *Server) tryHold(id string) (context.Context, *hold, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.driving[id] != nil {
+		return nil, nil, false
+	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	h := &hold{cancel: cancel}
-	s.mu.Lock()
 	s.driving[id] = h
-	s.mu.Unlock()
-	return ctx, h
+	return ctx, h, true
 }
 
 func (s *Server) unhold(id string, h *hold) {
@@ -78,12 +83,13 @@ func (s *Server) leaseFrom(now time.Time) time.Time {
 	return now.Add(s.cfg.StepLease).UTC()
 }
 
-// startDriving starts the driver of rec, which this node has just claimed.
-func (s *Server) startDriving(rec StepRecord, w *worker, resumed bool) {
-	ctx, h := s.holdStep(rec.ID)
+// startDriving starts the driver of rec, which this node has claimed
+// under the hold h.
+func (s *Server) startDriving(ctx context.Context, h *hold, rec StepRecord, w *worker, resumed bool) {
 	go func() {
-		defer s.unhold(rec.ID, h)
 		s.drive(ctx, rec, w, resumed)
+		s.unhold(rec.ID, h)
+		s.kick() // a step it queued again may be claimed now
 	}()
 }
 
@@ -181,6 +187,10 @@ func (s *Server) takeOver() {
 		if w == nil {
 			continue // a worker this node has not met: the node it is connected to takes it
 		}
+		ctx, h, ok := s.tryHold(rec.ID)
+		if !ok {
+			continue // dispatched here meanwhile
+		}
 		from := rec.Node
 		rec, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
 			if cur.State != StateRunning || !s.mayTake(*cur, now) {
@@ -190,6 +200,7 @@ func (s *Server) takeOver() {
 			return nil
 		})
 		if err != nil {
+			s.unhold(rec.ID, h)
 			if !errors.Is(err, errStateChanged) {
 				s.log.Warn("cannot take over a step", "step", rec.ID, "error", err)
 			}
@@ -199,7 +210,7 @@ func (s *Server) takeOver() {
 		w.mu.Lock()
 		w.inflight++
 		w.mu.Unlock()
-		s.startDriving(rec, w, true)
+		s.startDriving(ctx, h, rec, w, true)
 	}
 }
 

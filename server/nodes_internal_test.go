@@ -80,7 +80,7 @@ func TestLostLeaseFencesTheDriver(t *testing.T) {
 	if _, err := b.claim(rec.ID, "w2"); !errors.Is(err, errStateChanged) {
 		t.Fatalf("a second claim: %v, want errStateChanged", err)
 	}
-	ctx, h := a.holdStep(rec.ID)
+	ctx, h, _ := a.tryHold(rec.ID)
 	defer a.unhold(rec.ID, h)
 	// b takes it over, as it would once a's lease ran out.
 	if _, err := b.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
@@ -101,5 +101,51 @@ func TestLostLeaseFencesTheDriver(t *testing.T) {
 	case <-ctx.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("a's driver was not stopped")
+	}
+}
+
+// Nodes on one database present the first node's identity, whatever their
+// data dirs hold; a node with another master key cannot open it.
+func TestNodesShareTheKeptIdentity(t *testing.T) {
+	url := testenv.Postgres(t)
+	a, b := newNode(t, "a", url), newNode(t, "b", url)
+	if a.Identity().Thumbprint != b.Identity().Thumbprint {
+		t.Fatalf("node b presents %s, node a %s", b.Identity().Thumbprint, a.Identity().Thumbprint)
+	}
+	dir := t.TempDir()
+	id, _, _ := transport.LoadOrCreateIdentity(dir)
+	trust, _ := transport.NewTrustList()
+	_, err := New(Config{DataDir: dir, Identity: id, Trust: trust, AdminPassword: "x", MasterKey: "BBBBBBBBBBBBBBBBBBBBBB==", Node: "c",
+		Logger: hclog.NewNullLogger(), OpenStore: (&TestBackend{Name: testenv.BackendPostgres, URL: url}).OpenStore()})
+	if err == nil {
+		t.Fatal("a node with another master key started on the database")
+	}
+}
+
+// A step this node holds (its dispatch is under way) is not taken over by
+// this node a second time, though it is the node's own.
+func TestTakeOverSkipsAHeldStep(t *testing.T) {
+	s := newNode(t, "a", testenv.Postgres(t))
+	w := newWorker(WorkerRecord{Name: "w1"})
+	s.mu.Lock()
+	s.workers["w1"] = w
+	s.mu.Unlock()
+	rec, err := s.Submit(SubmitRequest{Pool: "p", Step: &pb.StartStepRequest{Script: &pb.Script{Syntax: pb.Syntax_SYNTAX_BASH, Body: "true"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, h, ok := s.tryHold(rec.ID)
+	if !ok {
+		t.Fatal("a fresh step is held")
+	}
+	defer s.unhold(rec.ID, h)
+	if _, err := s.claim(rec.ID, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	s.takeOver()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.inflight != 0 {
+		t.Errorf("takeover started a driver of a held step: %d in flight", w.inflight)
 	}
 }
