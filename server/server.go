@@ -205,6 +205,17 @@ func New(cfg Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	if cfg.Identity != nil {
+		id, err := s.KeepIdentity("server", cfg.Identity)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("identity: %w", err)
+		}
+		if id.Thumbprint != cfg.Identity.Thumbprint {
+			s.log.Info("presenting the identity kept in the database, not the data dir's", "thumbprint", id.Thumbprint, "data_dir_thumbprint", cfg.Identity.Thumbprint)
+		}
+		s.cfg.Identity = id
+	}
 	workers, err := db.ListWorkers()
 	if err != nil {
 		db.Close()
@@ -241,7 +252,8 @@ func New(cfg Config) (*Server, error) {
 			if w != nil {
 				w.inflight++
 			}
-			s.startDriving(rec, w, true)
+			ctx, h, _ := s.tryHold(rec.ID) // nothing else runs yet
+			s.startDriving(ctx, h, rec, w, true)
 		}
 	}
 	go s.dispatchLoop()

@@ -80,6 +80,7 @@ func (e *env) start(addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.id = e.srv.Identity() // a database shared with another env keeps that one's
 	if e.lis, err = net.Listen("tcp", addr); err != nil {
 		t.Fatal(err)
 	}

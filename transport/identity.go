@@ -134,3 +134,40 @@ func createIdentity(certPath, keyPath string) error {
 	}
 	return fsutil.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
+
+// PEM returns the identity as PEM: its certificate, then its key.
+func (id *Identity) PEM() ([]byte, error) {
+	cert, key, err := id.pemParts()
+	return append(cert, key...), err
+}
+
+func (id *Identity) pemParts() (cert, key []byte, err error) {
+	der, err := x509.MarshalPKCS8PrivateKey(id.Certificate.PrivateKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Certificate.Certificate[0]}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseIdentity reads an identity from PEM, as PEM writes it.
+func ParseIdentity(b []byte) (*Identity, error) {
+	cert, err := tls.X509KeyPair(b, b)
+	if err != nil {
+		return nil, fmt.Errorf("parse identity: %w", err)
+	}
+	return &Identity{Certificate: cert, Thumbprint: Thumbprint(cert.Certificate[0])}, nil
+}
+
+// SaveIdentity writes id into dir, replacing the identity there.
+func SaveIdentity(dir string, id *Identity) error {
+	cert, key, err := id.pemParts()
+	if err != nil {
+		return err
+	}
+	// The key first: a certificate is only ever present with its key.
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, KeyFile), key, 0o600); err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(dir, CertFile), cert, 0o644)
+}

@@ -25,11 +25,28 @@ const builtinWorkerDir = "builtin-worker"
 // worker (so it is dispatched to, followed and resumed the same way). Its
 // identity lives in the server's data dir and is added to trust. stop ends
 // it; metrics serves its Prometheus metrics.
-func startBuiltinWorker(ctx context.Context, dataDir, pollingAddr string, serverID *transport.Identity, trust *transport.TrustList, maxSteps int, log hclog.Logger) (stop func(), metrics http.Handler, err error) {
+//
+// keep returns the worker's identity as the server's database keeps it, so
+// that a new container's built-in worker is the worker the server knows.
+func startBuiltinWorker(ctx context.Context, dataDir, pollingAddr string, serverID *transport.Identity, keep func(*transport.Identity) (*transport.Identity, error),
+	trust *transport.TrustList, maxSteps int, log hclog.Logger) (stop func(), metrics http.Handler, err error) {
 	stateDir := filepath.Join(dataDir, builtinWorkerDir)
-	id, _, err := transport.LoadOrCreateIdentity(stateDir)
+	id, created, err := transport.LoadOrCreateIdentity(stateDir)
 	if err != nil {
 		return nil, nil, err
+	}
+	kept, err := keep(id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("built-in worker: %w", err)
+	}
+	if kept.Thumbprint != id.Thumbprint {
+		if !created {
+			log.Warn("the built-in worker's state dir holds another identity than the database's: the database's is used", "thumbprint", kept.Thumbprint, "state_dir_thumbprint", id.Thumbprint)
+		}
+		if err := transport.SaveIdentity(stateDir, kept); err != nil {
+			return nil, nil, fmt.Errorf("built-in worker: %w", err)
+		}
+		id = kept
 	}
 	if err := trust.Add(id.Thumbprint); err != nil {
 		return nil, nil, err

@@ -140,7 +140,7 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	if err != nil {
 		return err
 	}
-	id, _, err := transport.LoadOrCreateIdentity(o.dataDir)
+	id, created, err := transport.LoadOrCreateIdentity(o.dataDir)
 	if err != nil {
 		return err
 	}
@@ -171,6 +171,19 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 		return err
 	}
 	defer srv.Close()
+	if kept := srv.Identity(); kept.Thumbprint != id.Thumbprint {
+		// The database's identity, which agents pin. A data dir that had
+		// none (a new container) takes it, so that `stevedore cert` on
+		// it prints the thumbprint the server presents.
+		if created {
+			if err := transport.SaveIdentity(o.dataDir, kept); err != nil {
+				return fmt.Errorf("identity: %w", err)
+			}
+		} else {
+			log.Warn("the data dir's identity is not the one kept in the database: the database's is presented", "thumbprint", kept.Thumbprint, "data_dir_thumbprint", id.Thumbprint)
+		}
+		id = kept
+	}
 	pollLis, err := net.Listen("tcp", o.pollingAddr)
 	if err != nil {
 		return fmt.Errorf("polling port: %w", err)
@@ -199,7 +212,10 @@ func runServer(ctx context.Context, o *serverOptions, stderr interface{ Write([]
 	errs := make(chan error, 2)
 	go func() { errs <- srv.ServePolling(pollLis) }()
 	if o.builtinWorker {
-		stopWorker, metrics, err := startBuiltinWorker(ctx, o.dataDir, pollLis.Addr().String(), id, trust, o.builtinSlots, log)
+		stopWorker, metrics, err := startBuiltinWorker(ctx, o.dataDir, pollLis.Addr().String(), id,
+			func(local *transport.Identity) (*transport.Identity, error) {
+				return srv.KeepIdentity("builtin-worker", local)
+			}, trust, o.builtinSlots, log)
 		if err != nil {
 			return fmt.Errorf("built-in worker: %w", err)
 		}

@@ -110,9 +110,10 @@ func (s *server) runStep(t *testing.T, bin, script string) runResult {
 // An upgrade is a new container with the same master key and database:
 // two image builds in a row against one PostgreSQL. The first container
 // runs a step with a sensitive output and is removed; the second, of the
-// second build, shows that step, its log and its outputs (the sealed one
-// opened with the same key), lets the admin sign in, runs a new step, and
-// prints the same master key.
+// second build, with a data dir of its own, presents the same identity,
+// shows that step, its log and its outputs (the sealed one opened with the
+// same key), lets the admin sign in, runs a new step with its built-in
+// worker, and prints the same master key.
 func TestServerImageUpgrade(t *testing.T) {
 	db := testenv.Postgres(t)
 	first := serverImage(t)
@@ -121,16 +122,23 @@ func TestServerImageUpgrade(t *testing.T) {
 	rand.Read(key)
 	u := upgradeEnv{masterKey: base64.StdEncoding.EncodeToString(key), db: db}
 	// What the database does not hold is in files, kept on volumes of
-	// their own as a deployment keeps them (the chart: its data claim):
-	// the task logs and artifacts (the image's volumes), and the data dir,
-	// whose identities are the server's thumbprint, which agents pin, and
-	// the built-in worker's, which the database knows the worker "builtin"
-	// by: a new one would be refused under that name, and no step would run.
-	for _, dir := range []string{"/taskLogs", "/artifacts", "/var/lib/stevedore-server"} {
+	// their own as a deployment keeps them (the chart: its data claim): the
+	// task logs and artifacts, the image's volumes. The data dir is not
+	// kept: the identities in it, the server's that agents pin and the
+	// built-in worker's that the database knows it by, are the database's.
+	for _, dir := range []string{"/taskLogs", "/artifacts"} {
 		vol := "stevedore-upgrade-test-" + randomSuffix()
 		docker(t, "volume", "create", vol)
 		t.Cleanup(func() { exec.Command("docker", "volume", "rm", "-f", vol).Run() })
 		u.volumes = append(u.volumes, "-v", vol+":"+dir)
+	}
+	thumbprint := func(name string) string {
+		t.Helper()
+		out, err := exec.Command("docker", "exec", name, "stevedore", "cert", "--state-dir", "/var/lib/stevedore-server").Output()
+		if err != nil {
+			t.Fatalf("stevedore cert in %s: %v", name, err)
+		}
+		return strings.TrimSpace(string(out))
 	}
 
 	s1 := startUpgradeServer(t, first, u)
@@ -140,6 +148,7 @@ set_variable Token "tok-$((40000+2))" sensitive`)
 	if old.OutputVariables["Token"] != "tok-40002" {
 		t.Fatalf("the first step's outputs %v", old.OutputVariables)
 	}
+	firstThumbprint := thumbprint(s1.name)
 	docker(t, "stop", "-t", "30", s1.name)
 	// 0: the server's own end on SIGTERM, not the kill at the timeout.
 	if code := docker(t, "inspect", "-f", "{{.State.ExitCode}}", s1.name); code != "0" {
@@ -197,6 +206,11 @@ set_variable Token "tok-$((40000+2))" sensitive`)
 		res := s2.runStep(t, bin, `set_variable After "$((1+1))"`)
 		if res.Ticket == old.Ticket || res.OutputVariables["After"] != "2" {
 			t.Errorf("the new step: %+v", res)
+		}
+	})
+	t.Run("the same identity, which agents pin", func(t *testing.T) {
+		if got := thumbprint(s2.name); got != firstThumbprint {
+			t.Errorf("the second container's thumbprint %s, the first's %s", got, firstThumbprint)
 		}
 	})
 	t.Run("show-master-key prints the same key", func(t *testing.T) {

@@ -74,6 +74,12 @@ type Store interface {
 	Users
 	APIKeys
 
+	// KeepSetting stores value under name unless one is stored there
+	// already, and returns the one stored: the first writer's, whichever
+	// node it was, so that nodes starting at once agree. The values are
+	// the server's own (its identity, which the server seals first).
+	KeepSetting(name string, value []byte) ([]byte, error)
+
 	// Backup writes a consistent copy of the whole state to w while the
 	// server runs, in the backend's own format (bbolt: the database file,
 	// which is restored by putting it in a data dir as server.db), and

@@ -86,6 +86,7 @@ var conformance = []struct {
 	{"Users", testUsers},
 	{"APIKeys", testAPIKeys},
 	{"Backup", testBackup},
+	{"KeepSetting", testKeepSetting},
 }
 
 func TestConformance(t *testing.T) {
@@ -632,5 +633,37 @@ func testBackup(t *testing.T, open func() store.Store) {
 	}
 	if err != nil || n == 0 || n != int64(buf.Len()) {
 		t.Errorf("Backup: %d bytes (%d written), %v", n, buf.Len(), err)
+	}
+}
+
+// The first value kept under a name is every writer's, concurrent ones
+// too, and a reopened store's.
+func testKeepSetting(t *testing.T, open func() store.Store) {
+	s := open()
+	const n = 8
+	got := make([][]byte, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			v, err := s.KeepSetting("identity", []byte{byte(i), 0, 0xff})
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = v
+		})
+	}
+	wg.Wait()
+	for i, v := range got {
+		if !bytes.Equal(v, got[0]) || len(v) != 3 {
+			t.Fatalf("writer %d kept %x, writer 0 %x", i, v, got[0])
+		}
+	}
+	if v, err := s.KeepSetting("other", []byte("b")); err != nil || string(v) != "b" {
+		t.Errorf("another name: %q, %v", v, err)
+	}
+	s.Close()
+	s = open()
+	if v, err := s.KeepSetting("identity", []byte("late")); err != nil || !bytes.Equal(v, got[0]) {
+		t.Errorf("after reopening: %x, %v; want %x", v, err, got[0])
 	}
 }

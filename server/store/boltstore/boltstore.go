@@ -46,6 +46,8 @@ var (
 	// apiKeysBucket maps the SHA-256 of an API key's secret to the key's
 	// record: a request's key is found with one lookup.
 	apiKeysBucket = []byte("api-keys")
+	// settingsBucket holds the server's own settings (KeepSetting).
+	settingsBucket = []byte("settings")
 	// metaBucket holds the schema version (schemaKey, decimal).
 	metaBucket = []byte("meta")
 	schemaKey  = []byte("schema")
@@ -90,7 +92,7 @@ func migrate(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: version %d, this server knows up to %d", store.ErrSchemaTooNew, version, SchemaVersion)
 	}
 	// Version 1 is the buckets; later versions' steps go here, in order.
-	for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket, metaBucket} {
+	for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket, metaBucket, settingsBucket} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -404,6 +406,24 @@ func (s *Store) ListTrusted() ([]string, error) {
 		return tx.Bucket(trustBucket).ForEach(func(k, _ []byte) error { out = append(out, string(k)); return nil })
 	})
 	return out, err
+}
+
+// KeepSetting implements store.Store.
+func (s *Store) KeepSetting(name string, value []byte) ([]byte, error) {
+	var out []byte
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(settingsBucket)
+		if v := b.Get([]byte(name)); v != nil {
+			out = bytes.Clone(v)
+			return nil
+		}
+		out = bytes.Clone(value)
+		return b.Put([]byte(name), out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting %s: %w", name, err)
+	}
+	return out, nil
 }
 
 // AddTrusted implements store.Trust.

@@ -296,6 +296,23 @@ func (s *Store) CreateStep(rec store.StepRecord, key string) (store.StepRecord, 
 
 var errLostKey = errors.New("submission key taken by a concurrent submission")
 
+// KeepSetting implements store.Store: the insert waits for a concurrent
+// one of the same name to commit, and the read after it, a statement of
+// its own, sees the winner's row.
+func (s *Store) KeepSetting(name string, value []byte) ([]byte, error) {
+	var out []byte
+	err := s.inTx(func(c context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(c, `INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, name, value); err != nil {
+			return err
+		}
+		return tx.QueryRow(c, `SELECT value FROM settings WHERE name = $1`, name).Scan(&out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting %s: %w", name, err)
+	}
+	return out, nil
+}
+
 // Step implements store.Steps.
 func (s *Store) Step(id string) (store.StepRecord, error) {
 	c, cancel := ctx()
