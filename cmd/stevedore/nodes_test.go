@@ -5,11 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,31 +32,12 @@ import (
 // comes back meanwhile.
 func TestTwoNodesOneKilled(t *testing.T) {
 	const steps, lines = 50, 20
-	db := testenv.Postgres(t)
-	shared := t.TempDir() // the directory every node reads and writes
-	os.Chmod(shared, 0o755)
-	taskLogs, artifacts := filepath.Join(shared, "taskLogs"), filepath.Join(shared, "artifacts")
-	key := make([]byte, 16)
-	rand.Read(key)
-	env := []string{"MASTER_KEY=" + base64.StdEncoding.EncodeToString(key)}
-
 	agentDirs := []string{filepath.Join(t.TempDir(), "w1"), filepath.Join(t.TempDir(), "w2")}
-	var trust []string
-	for _, d := range agentDirs {
-		trust = append(trust, "--trust", thumbprint(t, d))
-	}
-	node := func(name string) *serverSetup {
-		s := &serverSetup{dataDir: filepath.Join(t.TempDir(), name), http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), scheme: "http"}
-		s.thumbprint = thumbprint(t, s.dataDir)
-		s.args = append([]string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling, "--log-level", "debug",
-			"--db", db, "--node", name, "--step-lease", "3s", "--task-logs", taskLogs, "--artifacts", artifacts}, trust...)
-		return s
-	}
-	a, b := node("a"), node("b")
-	procA := startEnv(t, "node-a.log", env, a.args...)
-	waitHTTP(t, a.url())
-	startEnv(t, "node-b.log", env, b.args...)
-	waitHTTP(t, b.url())
+	c := newCluster(t, agentDirs)
+	a, b := c.node("a"), c.node("b")
+	procA := c.start(t, a)
+	c.start(t, b)
+	env, taskLogs := c.env, c.taskLogs
 	// w1 prefers node a, w2 node b; each fails over to the other.
 	for i, order := range [][]*serverSetup{{a, b}, {b, a}} {
 		args := []string{"agent", "--state-dir", agentDirs[i], "--name", fmt.Sprintf("w%d", i+1), "--pool", "linux", "--max-steps", "4", "--log-level", "debug"}
@@ -211,5 +195,70 @@ func checkStepLog(t *testing.T, path string, lines int) {
 			t.Errorf("%s: line %d is %q", path, i+1, l)
 			return
 		}
+	}
+}
+
+// cluster is server nodes on one PostgreSQL database of the test's own,
+// with one master key and one directory of task logs and artifacts.
+type cluster struct {
+	db, taskLogs, artifacts string
+	env, trust              []string
+	t                       *testing.T
+}
+
+// newCluster trusts the agents whose state dirs are agentDirs.
+func newCluster(t *testing.T, agentDirs []string) *cluster {
+	shared := t.TempDir() // the directory every node reads and writes
+	os.Chmod(shared, 0o755)
+	key := make([]byte, 16)
+	rand.Read(key)
+	c := &cluster{db: testenv.Postgres(t), taskLogs: filepath.Join(shared, "taskLogs"), artifacts: filepath.Join(shared, "artifacts"),
+		env: []string{"MASTER_KEY=" + base64.StdEncoding.EncodeToString(key)}, t: t}
+	for _, d := range agentDirs {
+		c.trust = append(c.trust, "--trust", thumbprint(t, d))
+	}
+	return c
+}
+
+// node is the set-up of node name, with a short lease.
+func (c *cluster) node(name string) *serverSetup {
+	t := c.t
+	s := &serverSetup{dataDir: filepath.Join(t.TempDir(), name), http: testenv.FreeAddr(t), polling: testenv.FreeAddr(t), scheme: "http"}
+	s.thumbprint = thumbprint(t, s.dataDir)
+	s.args = append([]string{"server", "--data-dir", s.dataDir, "--http", s.http, "--polling", s.polling, "--log-level", "debug",
+		"--db", c.db, "--node", name, "--step-lease", "3s", "--task-logs", c.taskLogs, "--artifacts", c.artifacts}, c.trust...)
+	return s
+}
+
+// start starts node s and waits for its API.
+func (c *cluster) start(t *testing.T, s *serverSetup) *proc {
+	p := startEnv(t, "node-"+filepath.Base(s.dataDir)+".log", c.env, s.args...)
+	waitHTTP(t, s.url())
+	return p
+}
+
+// `stevedore run` through one node follows live the log of a step that
+// another node drives (its worker is connected only there), and its
+// Ctrl-C cancels the step on that node's worker: the script's own exit.
+func TestRunThroughOneNodeOfAStepDrivenByAnother(t *testing.T) {
+	agentDir := filepath.Join(t.TempDir(), "w1")
+	c := newCluster(t, []string{agentDir})
+	a, b := c.node("a"), c.node("b")
+	c.start(t, a)
+	c.start(t, b)
+	start(t, "agent-w1.log", "agent", "--state-dir", agentDir, "--name", "w1", "--pool", "linux", "--server", a.polling, "--server-thumbprint", a.thumbprint)
+	// Sixty seconds of lines: "line 3" comes while it runs, or not at all.
+	run, stdout, stderr := startRunUntil(t, "line 3", "--server", b.url(), "--pool", "linux", "--user", testAdmin, "--password", testPassword,
+		"--script", "trap 'echo got TERM; exit 9' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
+	run.Process.Signal(syscall.SIGINT)
+	err := run.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 9 || !strings.Contains(stdout.String(), "got TERM") {
+		t.Fatalf("run: %v, want the script's exit code 9\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	apiB := &apiClient{base: b.url(), user: testAdmin, pass: testPassword, http: http.DefaultClient}
+	var vs []server.StepView
+	if err := apiB.call(t.Context(), "GET", "/api/steps", nil, &vs); err != nil || len(vs) != 1 || vs[0].Node != "a" || vs[0].Outcome != "CANCELLED" {
+		t.Errorf("steps %+v (%v); want one, driven by node a, CANCELLED", vs, err)
 	}
 }
