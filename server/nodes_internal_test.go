@@ -3,6 +3,8 @@ package server
 import (
 	"errors"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,5 +149,26 @@ func TestTakeOverSkipsAHeldStep(t *testing.T) {
 	defer w.mu.Unlock()
 	if w.inflight != 0 {
 		t.Errorf("takeover started a driver of a held step: %d in flight", w.inflight)
+	}
+}
+
+// A thumbprint trusted, then distrusted, through one node is trusted,
+// then distrusted, on the other at its next look at the store.
+func TestTrustReachesEveryNode(t *testing.T) {
+	url := testenv.Postgres(t)
+	a, b := newNode(t, "a", url), newNode(t, "b", url)
+	tp := strings.Repeat("ab", 32)
+	trusted := func(s *Server) bool { return slices.Contains(s.Trusted(), tp) }
+	if _, err := a.Trust(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.loadTrust(); err != nil || !trusted(b) {
+		t.Fatalf("node b after a trusted it: trusted %v (%v)", trusted(b), err)
+	}
+	if err := a.Distrust(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.loadTrust(); err != nil || trusted(b) {
+		t.Fatalf("node b after a distrusted it: trusted %v (%v)", trusted(b), err)
 	}
 }

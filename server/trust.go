@@ -13,10 +13,26 @@ func (s *Server) loadTrust() error {
 	if err != nil {
 		return fmt.Errorf("trust: %w", err)
 	}
+	now := make(map[string]bool, len(tps))
 	for _, tp := range tps {
 		if err := s.cfg.Trust.Add(tp); err != nil {
 			return err
 		}
+		now[tp] = true
+	}
+	// One distrusted through another node (several nodes on one
+	// database) goes here too, connections and all.
+	s.mu.Lock()
+	var gone []string
+	for tp := range s.stored {
+		if !now[tp] {
+			gone = append(gone, tp)
+		}
+	}
+	s.stored = now
+	s.mu.Unlock()
+	for _, tp := range gone {
+		s.dropTrust(tp)
 	}
 	return nil
 }
@@ -32,6 +48,9 @@ func (s *Server) Trust(thumbprint string) (string, error) {
 		return "", err
 	}
 	s.cfg.Trust.Add(tp)
+	s.mu.Lock()
+	s.stored[tp] = true
+	s.mu.Unlock()
 	s.log.Info("agent thumbprint trusted", "thumbprint", tp)
 	return tp, nil
 }
@@ -48,6 +67,15 @@ func (s *Server) Distrust(thumbprint string) error {
 	if err := s.db.RemoveTrusted(tp); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	delete(s.stored, tp)
+	s.mu.Unlock()
+	s.dropTrust(tp)
+	return nil
+}
+
+// dropTrust stops admitting tp here and closes its polling connections.
+func (s *Server) dropTrust(tp string) {
 	s.cfg.Trust.Remove(tp)
 	s.mu.Lock()
 	for pc := range s.conns {
@@ -57,7 +85,6 @@ func (s *Server) Distrust(thumbprint string) error {
 	}
 	s.mu.Unlock()
 	s.log.Info("agent thumbprint no longer trusted", "thumbprint", tp)
-	return nil
 }
 
 // Trusted lists the thumbprints admitted now.
