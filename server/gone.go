@@ -120,6 +120,7 @@ func (s *Server) ForgetWorker(name string) error {
 		return fmt.Errorf("%w: %s (stop its agent or distrust its thumbprint first)", ErrWorkerConnected, name)
 	}
 	delete(s.workers, name)
+	delete(s.listening, name)
 	if err := s.db.DeleteWorker(name); err != nil {
 		return err
 	}

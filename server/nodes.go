@@ -121,6 +121,7 @@ func (s *Server) keepLeases() {
 		if err := s.loadTrust(); err != nil { // agents trusted through another node
 			s.log.Warn("cannot read the trusted thumbprints", "error", err)
 		}
+		s.loadListening() // workers registered through another node
 		select {
 		case <-s.ctx.Done():
 			return

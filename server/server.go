@@ -145,6 +145,8 @@ type Server struct {
 	// stored: the thumbprints trusted through the API, as last read from
 	// the store (trust.go).
 	stored map[string]bool
+	// listening: the listening workers kept (listening.go), by name.
+	listening map[string]bool
 	// waiting says why each queued step is not dispatched yet.
 	waiting map[string]string
 	conns   map[*transport.PollingConn]bool
@@ -195,7 +197,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), db: db, keys: keys, ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), workers: map[string]*worker{}, changed: map[string]chan struct{}{}, cancels: map[string]chan struct{}{}, waiting: map[string]string{},
-		conns: map[*transport.PollingConn]bool{}, driving: map[string]*hold{}, stored: map[string]bool{}, leaseWake: make(chan struct{}, 1)}
+		conns: map[*transport.PollingConn]bool{}, driving: map[string]*hold{}, stored: map[string]bool{}, listening: map[string]bool{}, leaseWake: make(chan struct{}, 1)}
 	s.log = s.log.With("node", cfg.Node)
 	watcher, shared := db.(store.Watcher)
 	s.shared = shared
@@ -231,7 +233,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.workers[rec.Name] = w
 		if rec.Address != "" {
-			go s.keepListening(w)
+			s.listen(w)
 		}
 	}
 	if shared {

@@ -262,3 +262,69 @@ func TestRunThroughOneNodeOfAStepDrivenByAnother(t *testing.T) {
 		t.Errorf("steps %+v (%v); want one, driven by node a, CANCELLED", vs, err)
 	}
 }
+
+// A listening worker is dialled by one node of several at a time, so that
+// one dispatcher fills its slots; when that node dies, another takes the
+// worker's lease and connects, and steps run on.
+func TestListeningWorkerOneNodeAtATime(t *testing.T) {
+	c := newCluster(t, nil)
+	a, b := c.node("a"), c.node("b")
+	procs := map[string]*proc{"a": c.start(t, a), "b": c.start(t, b)}
+	// Both present the identity node a kept in the database.
+	agentDir := filepath.Join(t.TempDir(), "l1")
+	listen := testenv.FreeAddr(t)
+	start(t, "agent-l1.log", "agent", "--state-dir", agentDir, "--listen", listen, "--trust", a.thumbprint, "--name", "l1", "--pool", "linux")
+	apis := map[string]*apiClient{}
+	for name, s := range map[string]*serverSetup{"a": a, "b": b} {
+		apis[name] = &apiClient{base: s.url(), user: testAdmin, pass: testPassword, http: http.DefaultClient}
+	}
+	var registered map[string]any
+	if err := apis["a"].call(t.Context(), "POST", "/api/workers", server.RegisterWorkerBody{Name: "l1", Address: listen, Thumbprint: thumbprint(t, agentDir)}, &registered); err != nil {
+		t.Fatal(err)
+	}
+	connectedOn := func(names ...string) []string {
+		var on []string
+		for _, n := range names {
+			var ws []server.WorkerStatus
+			if err := apis[n].call(t.Context(), "GET", "/api/workers", nil, &ws); err != nil {
+				continue // a node killed
+			}
+			for _, w := range ws {
+				if w.Name == "l1" && w.Connected {
+					on = append(on, n)
+				}
+			}
+		}
+		return on
+	}
+	deadline := time.Now().Add(time.Minute)
+	var on []string
+	for on = connectedOn("a", "b"); len(on) != 1; on = connectedOn("a", "b") {
+		if time.Now().After(deadline) {
+			t.Fatalf("connected on %v, want one node", on)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A few lease renewals later, still one.
+	time.Sleep(2 * time.Second)
+	if now := connectedOn("a", "b"); len(now) != 1 {
+		t.Fatalf("connected on %v, want one node", now)
+	}
+	code, stdout, stderr := runStevedore(t, []string{"STEVEDORE_PASSWORD=" + testPassword}, "run", "--server", b.url(), "--user", testAdmin, "--pool", "linux", "--script", "echo through $0; exit 4")
+	if code != 4 || !strings.Contains(stdout, "through") {
+		t.Fatalf("run: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	holder, other := on[0], map[string]string{"a": "b", "b": "a"}[on[0]]
+	procs[holder].kill()
+	for on = connectedOn(other); len(on) != 1; on = connectedOn(other) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s never connected the listening worker after node %s died", other, holder)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	survivor := map[string]*serverSetup{"a": a, "b": b}[other]
+	code, stdout, stderr = runStevedore(t, []string{"STEVEDORE_PASSWORD=" + testPassword}, "run", "--server", survivor.url(), "--user", testAdmin, "--pool", "linux", "--script", "echo after its node died; exit 5")
+	if code != 5 || !strings.Contains(stdout, "after its node died") {
+		t.Fatalf("run after the node died: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}

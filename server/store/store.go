@@ -80,6 +80,14 @@ type Store interface {
 	// the server's own (its identity, which the server seals first).
 	KeepSetting(name string, value []byte) ([]byte, error)
 
+	// TakeLease gives holder the lease name until until, when nobody else
+	// holds it at now (its holder's until is past) or holder holds it
+	// already, and reports whether holder holds it now. One node at a time
+	// holds a name.
+	TakeLease(name, holder string, now, until time.Time) (bool, error)
+	// DropLease ends holder's lease name, if it holds it. Idempotent.
+	DropLease(name, holder string) error
+
 	// Backup writes a consistent copy of the whole state to w while the
 	// server runs, in the backend's own format (bbolt: the database file,
 	// which is restored by putting it in a data dir as server.db), and

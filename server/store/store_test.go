@@ -87,6 +87,7 @@ var conformance = []struct {
 	{"APIKeys", testAPIKeys},
 	{"Backup", testBackup},
 	{"KeepSetting", testKeepSetting},
+	{"Leases", testLeases},
 }
 
 func TestConformance(t *testing.T) {
@@ -665,5 +666,43 @@ func testKeepSetting(t *testing.T, open func() store.Store) {
 	s = open()
 	if v, err := s.KeepSetting("identity", []byte("late")); err != nil || !bytes.Equal(v, got[0]) {
 		t.Errorf("after reopening: %x, %v; want %x", v, err, got[0])
+	}
+}
+
+// A lease is one holder's until it runs out or is dropped; its holder
+// renews it.
+func testLeases(t *testing.T, open func() store.Store) {
+	s := open()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	steps := []struct {
+		name, do, holder string
+		now              time.Time
+		want             bool
+	}{
+		{"free: taken", "take", "a", t0, true},
+		{"held by a: not b's", "take", "b", t0.Add(time.Second), false},
+		{"a renews", "take", "a", t0.Add(5 * time.Second), true},
+		{"renewed: still not b's", "take", "b", t0.Add(12 * time.Second), false},
+		{"run out: b's", "take", "b", t0.Add(15 * time.Second), true},
+		{"a's drop of b's lease does nothing", "drop", "a", t0.Add(16 * time.Second), false},
+		{"still b's", "take", "a", t0.Add(17 * time.Second), false},
+		{"b drops it", "drop", "b", t0.Add(18 * time.Second), false},
+		{"free again: a's", "take", "a", t0.Add(19 * time.Second), true},
+	}
+	for _, st := range steps {
+		if st.do == "drop" {
+			if err := s.DropLease("w1", st.holder); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			continue
+		}
+		got, err := s.TakeLease("w1", st.holder, st.now, st.now.Add(10*time.Second))
+		if err != nil || got != st.want {
+			t.Fatalf("%s: took %v (%v), want %v", st.name, got, err, st.want)
+		}
+	}
+	// Another name is another lease.
+	if got, err := s.TakeLease("w2", "b", t0, t0.Add(time.Minute)); err != nil || !got {
+		t.Errorf("another name: %v, %v", got, err)
 	}
 }

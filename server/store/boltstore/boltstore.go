@@ -48,6 +48,8 @@ var (
 	apiKeysBucket = []byte("api-keys")
 	// settingsBucket holds the server's own settings (KeepSetting).
 	settingsBucket = []byte("settings")
+	// leasesBucket maps a lease's name to its holder and until (JSON).
+	leasesBucket = []byte("leases")
 	// metaBucket holds the schema version (schemaKey, decimal).
 	metaBucket = []byte("meta")
 	schemaKey  = []byte("schema")
@@ -92,7 +94,7 @@ func migrate(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: version %d, this server knows up to %d", store.ErrSchemaTooNew, version, SchemaVersion)
 	}
 	// Version 1 is the buckets; later versions' steps go here, in order.
-	for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket, metaBucket, settingsBucket} {
+	for _, b := range [][]byte{stepsBucket, workersBucket, keysBucket, usersBucket, trustBucket, cancelsBucket, apiKeysBucket, abandonedBucket, leftBucket, metaBucket, settingsBucket, leasesBucket} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -424,6 +426,54 @@ func (s *Store) KeepSetting(name string, value []byte) ([]byte, error) {
 		return nil, fmt.Errorf("setting %s: %w", name, err)
 	}
 	return out, nil
+}
+
+type lease struct {
+	Holder string    `json:"holder"`
+	Until  time.Time `json:"until"`
+}
+
+// TakeLease implements store.Store.
+func (s *Store) TakeLease(name, holder string, now, until time.Time) (bool, error) {
+	taken := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(leasesBucket)
+		var cur lease
+		if v := b.Get([]byte(name)); v != nil {
+			if err := json.Unmarshal(v, &cur); err != nil {
+				return err
+			}
+			if cur.Holder != holder && now.Before(cur.Until) {
+				return nil
+			}
+		}
+		v, err := json.Marshal(lease{Holder: holder, Until: until.UTC()})
+		if err != nil {
+			return err
+		}
+		taken = true
+		return b.Put([]byte(name), v)
+	})
+	if err != nil {
+		return false, fmt.Errorf("lease %s: %w", name, err)
+	}
+	return taken, nil
+}
+
+// DropLease implements store.Store.
+func (s *Store) DropLease(name, holder string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(leasesBucket)
+		var cur lease
+		if v := b.Get([]byte(name)); v == nil || json.Unmarshal(v, &cur) != nil || cur.Holder != holder {
+			return nil
+		}
+		return b.Delete([]byte(name))
+	})
+	if err != nil {
+		return fmt.Errorf("lease %s: %w", name, err)
+	}
+	return nil
 }
 
 // AddTrusted implements store.Trust.

@@ -313,6 +313,25 @@ func (s *Store) KeepSetting(name string, value []byte) ([]byte, error) {
 	return out, nil
 }
 
+// TakeLease implements store.Store in one statement: the row's lock
+// orders concurrent takers, and only a taker that may have it updates it.
+func (s *Store) TakeLease(name, holder string, now, until time.Time) (bool, error) {
+	c, cancel := ctx()
+	defer cancel()
+	tag, err := s.pool.Exec(c, `INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+		WHERE leases.holder = excluded.holder OR leases.until <= $4`, name, holder, until.UTC(), now.UTC())
+	if err != nil {
+		return false, fmt.Errorf("lease %s: %w", name, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// DropLease implements store.Store.
+func (s *Store) DropLease(name, holder string) error {
+	return s.exec("lease "+name, `DELETE FROM leases WHERE name = $1 AND holder = $2`, name, holder)
+}
+
 // Step implements store.Steps.
 func (s *Store) Step(id string) (store.StepRecord, error) {
 	c, cancel := ctx()
