@@ -57,18 +57,21 @@ func (s *Server) dispatch() {
 			}
 			continue
 		}
-		ctx, h, ok := s.tryHold(rec.ID)
-		if !ok {
-			continue // its last driver here is still ending
-		}
 		w := s.pick(rec)
 		if w == nil {
-			s.unhold(rec.ID, h)
 			continue
 		}
-		claimed, err := s.claim(rec.ID, w.rec.Name)
+		// Held before it is claimed: a takeover looking at the claimed
+		// step must find it held.
+		ctx, h, ok := s.tryHold(rec.ID)
+		var claimed StepRecord
+		err := errStateChanged // its last driver here is still ending
+		if ok {
+			if claimed, err = s.claim(rec.ID, w.rec.Name); err != nil {
+				s.unhold(rec.ID, h)
+			}
+		}
 		if err != nil {
-			s.unhold(rec.ID, h)
 			if !errors.Is(err, errStateChanged) {
 				s.log.Error("cannot record a dispatch", "step", rec.ID, "error", err)
 			}

@@ -73,7 +73,7 @@ func (s *Server) keepListening(w *worker) {
 	for ctx.Err() == nil {
 		held, release := s.holdWorker(ctx, w.rec.Name)
 		if held == nil {
-			s.sleep(ctx, s.cfg.StepLease/3) // another node's, for now
+			sleepCtx(ctx, s.cfg.StepLease/3) // another node's, for now
 			continue
 		}
 		s.serveListening(held, log, w, conn, client)
@@ -89,7 +89,7 @@ func (s *Server) serveListening(ctx context.Context, log hclog.Logger, w *worker
 		cancel()
 		if err != nil {
 			log.Debug("listening worker not reachable yet", "error", err)
-			s.sleep(ctx, 2*time.Second)
+			sleepCtx(ctx, 2*time.Second)
 			continue
 		}
 		done := make(chan struct{})
@@ -156,8 +156,8 @@ func (s *Server) holdWorker(ctx context.Context, name string) (context.Context, 
 	}
 }
 
-// sleep waits d or until ctx ends.
-func (s *Server) sleep(ctx context.Context, d time.Duration) {
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
 	select {
 	case <-time.After(d):
 	case <-ctx.Done():

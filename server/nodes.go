@@ -260,18 +260,11 @@ func (s *Server) watch(wt store.Watcher) {
 		case StateQueued:
 			s.kick()
 		case StateRunning:
-			if s.awaitsCancel(c.ID) && s.cancelRequested(c.ID) {
-				s.signalCancel(c.ID)
+			if c.CancelRequested {
+				s.signalCancel(c.ID) // nothing when no driver here waits for it
 			}
 		}
 	}
-}
-
-// awaitsCancel says whether a driver here waits for step id's cancel.
-func (s *Server) awaitsCancel(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cancels[id] != nil
 }
 
 // signalCancel wakes the driver of step id, here, to send its cancel.

@@ -245,13 +245,16 @@ func New(cfg Config) (*Server, error) {
 		// One node: the steps that were running are driven on from their
 		// cursors, whichever process drove them.
 		for _, rec := range s.steps(StateRunning) {
-			rec, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
-				cur.Node = cfg.Node
-				return nil
-			})
-			if err != nil {
-				s.log.Error("cannot resume a step", "step", rec.ID, "error", err)
-				continue
+			if rec.Node != cfg.Node { // an earlier process of another name (a new container)
+				mine, err := s.db.UpdateStep(rec.ID, func(cur *StepRecord) error {
+					cur.Node = cfg.Node
+					return nil
+				})
+				if err != nil {
+					s.log.Error("cannot resume a step", "step", rec.ID, "error", err)
+					continue
+				}
+				rec = mine
 			}
 			w := s.workers[rec.Assigned]
 			if w != nil {

@@ -5,14 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -247,15 +244,7 @@ func TestRunThroughOneNodeOfAStepDrivenByAnother(t *testing.T) {
 	c.start(t, a)
 	c.start(t, b)
 	start(t, "agent-w1.log", "agent", "--state-dir", agentDir, "--name", "w1", "--pool", "linux", "--server", a.polling, "--server-thumbprint", a.thumbprint)
-	// Sixty seconds of lines: "line 3" comes while it runs, or not at all.
-	run, stdout, stderr := startRunUntil(t, "line 3", "--server", b.url(), "--pool", "linux", "--user", testAdmin, "--password", testPassword,
-		"--script", "trap 'echo got TERM; exit 9' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
-	run.Process.Signal(syscall.SIGINT)
-	err := run.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 9 || !strings.Contains(stdout.String(), "got TERM") {
-		t.Fatalf("run: %v, want the script's exit code 9\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
-	}
+	interruptRun(t, b.url(), "linux")
 	apiB := &apiClient{base: b.url(), user: testAdmin, pass: testPassword, http: http.DefaultClient}
 	var vs []server.StepView
 	if err := apiB.call(t.Context(), "GET", "/api/steps", nil, &vs); err != nil || len(vs) != 1 || vs[0].Node != "a" || vs[0].Outcome != "CANCELLED" {

@@ -347,7 +347,16 @@ func TestAgentRegistersWithTheToken(t *testing.T) {
 func TestRunThroughServerInterruptCancels(t *testing.T) {
 	s := newServerSetup(t, "--builtin-worker")
 	s.start(t)
-	run, stdout, stderr := startRunUntil(t, "line 3", "--server", s.url(), "--pool", "builtin", "--user", testAdmin, "--password", testPassword,
+	interruptRun(t, s.url(), "builtin")
+}
+
+// interruptRun runs sixty seconds of lines through `stevedore run --server
+// url` in pool, sends it Ctrl-C once "line 3" has come (so while the step
+// runs: its log is followed live), and checks that the run ends with the
+// exit code of the step's TERM trap, 9.
+func interruptRun(t *testing.T, url, pool string) {
+	t.Helper()
+	run, stdout, stderr := startRunUntil(t, "line 3", "--server", url, "--pool", pool, "--user", testAdmin, "--password", testPassword,
 		"--script", "trap 'echo got TERM; exit 9' TERM; for i in $(seq 1 600); do echo line $i; sleep 0.1; done")
 	run.Process.Signal(syscall.SIGINT)
 	err := run.Wait()

@@ -109,9 +109,11 @@ type Watcher interface {
 	Watch(ctx context.Context) <-chan Change
 }
 
-// Change is a step's change seen by a Watcher: its ID and its new state.
+// Change is a step's change seen by a Watcher: its ID, its new state, and
+// whether its cancel is asked for (which its driver acts on).
 type Change struct {
-	ID, State string
+	ID, State       string
+	CancelRequested bool
 }
 
 // Steps are the step records and the queue, which is the queued steps in

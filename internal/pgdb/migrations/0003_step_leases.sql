@@ -12,14 +12,15 @@ ALTER TABLE steps
 -- steps_state's already.
 
 -- Every change of a step is announced to every node on the channel
--- stevedore_steps, its payload the step's state and ID ("running s…"; delivered at commit, one per
+-- stevedore_steps, its payload the step's state, "cancel" once one is asked
+-- for, and its ID ("running s…", "running cancel s…"; delivered at commit, one per
 -- step per transaction): a step queued on one node is dispatched at once
 -- by the node its worker is connected to, a log followed on any node moves
 -- as the driving node stores lines, and a cancel asked of any node reaches
 -- the driver.
 CREATE FUNCTION steps_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('stevedore_steps', NEW.state || ' ' || NEW.id);
+    PERFORM pg_notify('stevedore_steps', NEW.state || CASE WHEN NEW.cancel_requested THEN ' cancel ' ELSE ' ' END || NEW.id);
     RETURN NULL;
 END
 $$;

@@ -73,12 +73,15 @@ func (s *Store) listen(ctx context.Context, send func(store.Change), again bool)
 		if err != nil {
 			return
 		}
-		// The payload is "STATE ID" (IDs and states have no spaces).
-		state, id, ok := strings.Cut(n.Payload, " ")
-		if !ok {
+		// The payload is "STATE [cancel] ID" (IDs and states have no spaces).
+		f := strings.Fields(n.Payload)
+		switch {
+		case len(f) == 2:
+			send(store.Change{State: f[0], ID: f[1]})
+		case len(f) == 3 && f[1] == "cancel":
+			send(store.Change{State: f[0], ID: f[2], CancelRequested: true})
+		default:
 			send(store.Change{}) // not ours to read: look at everything
-			continue
 		}
-		send(store.Change{ID: id, State: state})
 	}
 }

@@ -29,13 +29,13 @@ func TestWatchAcrossNodes(t *testing.T) {
 	}
 	a, b := open(), open()
 	ch := b.Watch(ctx)
-	next := func(want string) {
+	next := func(want string) store.Change {
 		t.Helper()
 		for {
 			select {
 			case c := <-ch:
 				if c.ID == want {
-					return
+					return c
 				}
 			case <-ctx.Done():
 				t.Fatalf("no notification %q", want)
@@ -81,6 +81,13 @@ func TestWatchAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	next("s1")
+	// A cancel asked for says so, with the state, for the driver.
+	if _, err := a.UpdateStep("s1", func(r *store.StepRecord) error { r.State, r.CancelRequested = store.StateRunning, true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if c := next("s1"); c != (store.Change{ID: "s1", State: store.StateRunning, CancelRequested: true}) {
+		t.Errorf("a cancel's change: %+v", c)
+	}
 	cancel()
 	for range ch { // closed when ctx ends
 	}
